@@ -1,0 +1,1 @@
+"""Entrypoint glue: Hydra main, config resolvers, process-group bootstrap."""

@@ -1,0 +1,1 @@
+"""Code that runs inside a replica: data, model, metrics and the train/evaluate loops."""

@@ -1,0 +1,80 @@
+"""Local paths and fsspec URLs (gs://, s3://, memory://) behind one small API.
+
+A run directory may be remote. The recipe then works in a local staging directory and
+uploads finished files, so every writer (torch.save, save_pretrained, TensorBoard,
+matplotlib) only ever sees local paths.
+"""
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+CACHE = Path(os.environ.get("TEXT_RECIPES_CACHE", Path.home() / ".cache" / "text-recipes"))
+
+
+def is_remote(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts]) if is_remote(base) else str(Path(base, *parts))
+
+
+def exists(path: str) -> bool:
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
+
+
+def read_bytes(path: str) -> bytes:
+    with fsspec.open(path, "rb", compression="infer") as f:
+        return f.read()
+
+
+def staging_dir(url: str) -> Path:
+    """A local directory that stands in for the remote directory `url`."""
+    d = CACHE / "staging" / hashlib.sha1(url.encode()).hexdigest()[:16]
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def upload(local: Path, url: str) -> None:
+    """Copy a file or directory to `url`, the final name appearing only once it is complete."""
+    fs, p = fsspec.core.url_to_fs(url)
+    tmp = p + ".partial"
+    if fs.exists(tmp):
+        fs.rm(tmp, recursive=True)
+    fs.put(str(local), tmp, recursive=local.is_dir())
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+    fs.mv(tmp, p, recursive=local.is_dir())
+
+
+def download(url: str, local: Path) -> Path:
+    fs, p = fsspec.core.url_to_fs(url)
+    fs.get(p, str(local), recursive=fs.isdir(p))
+    return local
+
+
+def local_model_dir(name_or_path: str) -> str:
+    """Remote model directories are copied to the local cache; anything else is returned as is."""
+    if not is_remote(name_or_path):
+        return name_or_path
+    dest = CACHE / "models" / hashlib.sha1(name_or_path.encode()).hexdigest()[:16]
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent))
+        download(name_or_path.rstrip("/") + "/", tmp)
+        os.replace(tmp, dest)
+    return str(dest)
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory `src` to `dst`, replacing what was there."""
+    old = dst.with_name(dst.name + ".old")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

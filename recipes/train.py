@@ -1,0 +1,268 @@
+"""Fine-tune a text classifier: an explicit PyTorch training loop.
+
+    python run.py train [overrides]
+
+Outputs (cfg.output_dir): model/ (best by cfg.task.metric, from_pretrained-loadable),
+checkpoints/, metrics.json, config.yaml, training_curve.png, tb/ (TensorBoard).
+Relaunching with the same output_dir resumes from the newest complete checkpoint.
+"""
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+from transformers import get_scheduler
+
+from launcher.dist import Runtime, autocast_dtype
+from recipes import checkpoint, data, metrics
+from recipes.storage import replace_dir
+from recipes.errors import RecipeError
+from recipes.evaluate import predict, score
+from recipes.model import attn_implementation, load_pretrained, load_tokenizer
+
+log = logging.getLogger("text_recipes")
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    # no weight decay on biases and LayerNorm weights (the 1-D parameters)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_writable(run: checkpoint.RunDir) -> None:
+    try:
+        run.local.mkdir(parents=True, exist_ok=True)
+        probe = run.path(".write-test")
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RecipeError(f"output_dir {run.url}: not writable ({e.strerror})") from None
+
+
+def save_model(model, tokenizer, run: checkpoint.RunDir, thresholds=None) -> None:
+    """Write model/ (weights, config with label maps and thresholds, tokenizer) atomically."""
+    if thresholds is not None:
+        model.config.label_thresholds = {model.config.id2label[i]: float(t) for i, t in enumerate(thresholds)}
+    tmp = run.path("model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, run.path("model"))
+    run.publish("model")
+
+
+def write_json(run: checkpoint.RunDir, name: str, obj) -> None:
+    tmp = run.path(f".{name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(run.path(name))
+    run.publish(name)
+
+
+def train(cfg, rt: Runtime) -> dict:
+    tc = cfg.trainer
+    if cfg.task.type not in ("single_label", "multi_label"):
+        raise RecipeError(f"task.type={cfg.task.type!r}: expected single_label or multi_label")
+    multi = cfg.task.type == "multi_label"
+    run = checkpoint.RunDir(cfg.output_dir)
+    if rt.is_main:
+        check_writable(run)
+
+    # ---- data and model
+    tables = data.load_splits(cfg.data, multi, needed=("train", "validation"))
+    labels = data.label_set(tables["train"], multi)
+    label2id = {l: i for i, l in enumerate(labels)}
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.max_length)
+    train_data = data.encode(tables["train"], tokenizer, label2id, cfg.model.max_length, multi)
+    val_data = data.encode(tables["validation"], tokenizer, label2id, cfg.model.max_length, multi) if "validation" in tables else None
+
+    dtype = autocast_dtype(tc.precision, rt.device)
+    seed_everything(tc.seed)  # the same classifier-head init on every rank
+    model = load_pretrained(cfg.model.name_or_path, labels, cfg.task.type, attn_implementation(cfg.model.attn_implementation, rt.device, dtype))
+    model.to(rt.device)
+    optimizer = make_optimizer(model, cfg.optim)
+
+    batches_per_epoch = len(data.epoch_batches(train_data.lengths, tc.batch_size, tc.seed, 0, False, 1, rt.rank, rt.world_size))
+    steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum_steps)
+    if steps_per_epoch == 0:
+        raise RecipeError(f"{tables['train'].source}: {len(train_data.lengths)} examples are too few for {rt.world_size} processes")
+    total_steps = tc.max_steps if tc.max_steps > 0 else tc.epochs * steps_per_epoch
+    try:
+        scheduler = get_scheduler(cfg.optim.scheduler, optimizer, round(cfg.optim.warmup_fraction * total_steps), total_steps)
+    except ValueError as e:
+        raise RecipeError(f"optim.scheduler={cfg.optim.scheduler!r}: {e}") from None
+
+    # ---- resume
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None, "bad_evals": 0, "history": []}
+    ckpt = checkpoint.load_latest(run)
+    if ckpt is not None:
+        if ckpt["labels"] != labels:
+            raise RecipeError(f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {labels}; use a new output_dir")
+        if ckpt["world_size"] != rt.world_size:
+            raise RecipeError(f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes; resume with the same number")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = ckpt["state"]
+        set_rng_state(ckpt["rng"][rt.rank])
+        if rt.is_main:
+            log.info("resuming %s from step %d", run.url, state["step"])
+    else:
+        seed_everything(tc.seed + rt.rank)  # distinct dropout masks per rank
+    if rt.is_main:
+        run.path("config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        run.publish("config.yaml")
+        log.info(
+            "%d train / %s validation examples, %d labels, %d steps (%d per epoch), %s on %s x%d",
+            len(train_data.lengths), len(val_data.lengths) if val_data else 0, len(labels), total_steps,
+            steps_per_epoch, str(dtype).replace("torch.", ""), rt.device.type, rt.world_size,
+        )
+
+    ddp = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.distributed else None
+    train_model = ddp or model
+    writer = SummaryWriter(str(run.path("tb"))) if rt.is_main else None
+    autocast = torch.autocast(rt.device.type, dtype=dtype, enabled=dtype != torch.float32)
+    eval_every = tc.eval_every or steps_per_epoch
+    save_every = tc.save_every or steps_per_epoch
+
+    def evaluate(step: int) -> bool:
+        """Validate, keep the best model; returns True when early stopping says stop."""
+        logits = predict(model, val_data, rt, tc.eval_batch_size, dtype, tokenizer.pad_token_id)
+        result = score(logits, val_data.labels.numpy(), labels, multi, cfg.task)
+        value = result[cfg.task.metric] if cfg.task.metric in result else None
+        if value is None:
+            raise RecipeError(f"task.metric={cfg.task.metric!r}: expected one of loss, accuracy, f1_micro, f1_macro, precision_micro, ...")
+        state["history"].append({"step": step, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}})
+        improved = metrics.best_is_better(cfg.task.metric, value, state["best"])
+        if improved:
+            state.update(best=value, best_step=step, bad_evals=0, best_metrics=result)
+            if rt.is_main:
+                save_model(model, tokenizer, run, result.get("thresholds"))
+        else:
+            state["bad_evals"] += 1
+        if rt.is_main:
+            for k, v in result.items():
+                if isinstance(v, float):
+                    writer.add_scalar(f"eval/{k}", v, step)
+            log.info("step %d: validation %s loss=%.4f%s", step, metrics.headline(result), result["loss"], " (best)" if improved else "")
+        return tc.early_stopping_patience > 0 and state["bad_evals"] >= tc.early_stopping_patience
+
+    def save_checkpoint() -> None:
+        rngs = rt.gather(rng_state())
+        if rt.is_main:
+            checkpoint.save(
+                run, state["step"],
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "state": state, "rng": rngs, "labels": labels, "world_size": rt.world_size},
+                tc.keep_checkpoints,
+            )
+        rt.barrier()
+
+    # ---- the loop
+    progress = tqdm(total=total_steps, initial=state["step"], disable=not rt.is_main, desc="train", unit="step", dynamic_ncols=True)
+    train_seconds, samples, stop = 0.0, 0, state.get("stopped", False)
+    with logging_redirect_tqdm():
+        while state["step"] < total_steps and not stop:
+            batches = data.epoch_batches(train_data.lengths, tc.batch_size, tc.seed, state["epoch"], tc.group_by_length, tc.group_size, rt.rank, rt.world_size)
+            groups = [batches[i : i + tc.grad_accum_steps] for i in range(0, len(batches), tc.grad_accum_steps)]
+            model.train()
+            for group in groups[state["step_in_epoch"] :]:
+                t0 = time.perf_counter()
+                loss_sum = 0.0
+                for i, idx in enumerate(group):
+                    batch = {k: v.to(rt.device, non_blocking=True) for k, v in data.collate(train_data, idx, tokenizer.pad_token_id).items()}
+                    targets = batch.pop("labels")
+                    sync = ddp is None or i == len(group) - 1
+                    with (nullcontext() if sync else ddp.no_sync()), autocast:
+                        loss = loss_fn(train_model(**batch).logits, targets, multi) / len(group)
+                    loss.backward()
+                    loss_sum += loss.item()
+                    samples += len(idx)
+                if tc.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                state["step_in_epoch"] += 1
+                train_seconds += time.perf_counter() - t0
+                step = state["step"]
+                progress.update()
+                if rt.is_main and (step % tc.log_every == 0 or step == total_steps):
+                    lr = scheduler.get_last_lr()[0]
+                    state["history"].append({"step": step, "train_loss": loss_sum, "lr": lr})
+                    writer.add_scalar("train/loss", loss_sum, step)
+                    writer.add_scalar("train/lr", lr, step)
+                    progress.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
+                end_of_epoch = state["step_in_epoch"] == len(groups)
+                if end_of_epoch:
+                    state["epoch"] += 1
+                    state["step_in_epoch"] = 0
+                last = step == total_steps
+                if val_data is not None and (step % eval_every == 0 or end_of_epoch or last):
+                    stop = evaluate(step)
+                    model.train()
+                if step % save_every == 0 or end_of_epoch or last or stop:
+                    state["stopped"] = stop
+                    save_checkpoint()
+                if last or stop or end_of_epoch:
+                    break
+    progress.close()
+
+    # ---- outputs
+    result = {
+        "metric": cfg.task.metric, "best_step": state["best_step"], "best_value": state["best"], "steps": state["step"],
+        "early_stopped": bool(state.get("stopped")), "train_samples_per_second": samples * rt.world_size / train_seconds if train_seconds else None,
+        "validation": state.get("best_metrics"),
+    }
+    if rt.is_main:
+        if val_data is None:
+            save_model(model, tokenizer, run)
+        metrics.plot_training_curve(state["history"], cfg.task.metric, str(run.path("training_curve.png")))
+        run.publish("training_curve.png")
+        write_json(run, "metrics.json", result)
+        writer.close()
+        run.publish("tb")
+        print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")
+    return result

@@ -96,7 +96,7 @@ def to_table(df: pd.DataFrame, source: str, cfg, multi_label: bool, rows: Option
             raise RecipeError(
                 f"{source}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); set data.{key}"
             )
-    rows = list(rows) if rows is not None else list(range(1, len(df) + 1))
+    rows = [int(r) for r in rows] if rows is not None else list(range(1, len(df) + 1))
     texts = _texts(df[cfg.text_column], source, cfg.text_column, rows)
     pairs = _texts(df[cfg.text_pair_column], source, cfg.text_pair_column, rows) if cfg.text_pair_column else None
     labels = [_label(v, source, row, cfg, multi_label) for v, row in zip(df[cfg.label_column].tolist(), rows)]

@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 
@@ -200,7 +201,8 @@ def train(cfg, rt: Runtime) -> dict:
         rt.barrier()
 
     # ---- the loop
-    progress = tqdm(total=total_steps, initial=state["step"], disable=not rt.is_main, desc="train", unit="step", dynamic_ncols=True)
+    progress = tqdm(total=total_steps, initial=state["step"], disable=not rt.is_main, desc="train", unit="step",
+                    mininterval=0.5 if sys.stderr.isatty() else 30)  # fewer lines in job logs
     train_seconds, samples, stop = 0.0, 0, state.get("stopped", False)
     with logging_redirect_tqdm():
         while state["step"] < total_steps and not stop:

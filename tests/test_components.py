@@ -1,0 +1,106 @@
+"""AppDefs of the components, and what each scheduler would submit (dryrun, nothing launched)."""
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+from torchx.runner import get_runner
+from torchx.specs import AppDef, macros
+from torchx.specs.builders import materialize_appdef
+
+from components.evaluate import evaluate
+from components.train import train
+from tests.conftest import ROOT
+
+
+def torchrun_args(app: AppDef) -> list:
+    role = app.roles[0]
+    assert role.entrypoint == "bash" and role.args[0] == "-c"
+    return shlex.split(role.args[1])
+
+
+def test_train_single_node_uses_free_local_port_and_forwards_overrides():
+    app = train("data=files", "data.train=a.csv", nproc_per_node=2, output_dir="gs://bucket/run")
+    args = torchrun_args(app)
+    assert args[: args.index("run.py")] == [
+        "torchrun", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--rdzv_id", macros.app_id,
+        "--nnodes", "1", "--nproc_per_node", "2", "--tee", "3",
+    ]
+    assert args[args.index("run.py"):] == ["run.py", "train", "data=files", "data.train=a.csv", "output_dir=gs://bucket/run"]
+    assert app.roles[0].num_replicas == 1
+
+
+def test_train_multi_node_rendezvous_on_rank0_host():
+    app = train(nnodes=3, nproc_per_node=8, gpu=8, rdzv_port=29511, max_retries=2)
+    role = app.roles[0]
+    assert role.num_replicas == 3 and role.max_retries == 2 and role.resource.gpu == 8
+    assert f"${{{macros.rank0_env}:=localhost}}:29511" in role.args[1]
+    assert role.port_map == {"c10d": 29511}
+
+
+def test_named_resource_wins_over_cpu_gpu_mem():
+    app = train(h="gpu.small", cpu=64)
+    assert app.roles[0].resource.gpu == 1
+
+
+def test_evaluate_appdef():
+    app = evaluate("data=rte", checkpoint="outputs/run/model", split="validation")
+    args = torchrun_args(app)
+    assert args[args.index("run.py"):] == ["run.py", "evaluate", "data=rte", "checkpoint=outputs/run/model", "split=validation"]
+
+
+def test_secrets_are_refused_in_env():
+    with pytest.raises(ValueError, match="HF_TOKEN"):
+        train(env={"HF_TOKEN": "hf_abc123"})
+    assert train(env={"HF_HUB_OFFLINE": "1"}).roles[0].env["HF_HUB_OFFLINE"] == "1"
+
+
+def dryrun(app: AppDef, scheduler: str, cfg: dict) -> str:
+    info = get_runner().dryrun(app, scheduler, cfg=cfg)
+    return str(info)
+
+
+def test_local_cwd_dryrun_runs_run_py_in_cwd():
+    out = dryrun(train("trainer.max_steps=5"), "local_cwd", {})
+    assert "run.py train trainer.max_steps=5" in out
+
+
+def test_slurm_dryrun_two_nodes():
+    app = materialize_appdef(train, ["--nnodes", "2", "--nproc_per_node", "4", "--gpu", "4", "--", "trainer.max_steps=500"])
+    script = get_runner().dryrun(app, "slurm", cfg={"partition": "gpu", "time": "2:00:00"}).request.materialize()
+    assert "#SBATCH --job-name=train-0" in script and "#SBATCH hetjob" in script
+    assert "--partition=gpu" in script and "--gpus-per-task=4" in script
+    assert script.count("run.py train trainer.max_steps=500") == 2
+    assert "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:29500" in script
+
+
+def test_kubernetes_dryrun_manifest():
+    app = train("trainer.max_steps=100", nnodes=2, gpu=1, image="gcr.io/p/text-recipes:1", output_dir="gs://b/run")
+    info = get_runner().dryrun(app, "kubernetes", cfg={"queue": "default", "namespace": "ml"})
+    job = yaml.safe_load(str(info.request))
+    assert job["kind"] == "Job" and job["apiVersion"].startswith("batch.volcano.sh")
+    tasks = job["spec"]["tasks"]
+    assert len(tasks) == 2
+    container = tasks[0]["template"]["spec"]["containers"][0]
+    assert container["image"] == "gcr.io/p/text-recipes:1"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    assert "run.py train trainer.max_steps=100 output_dir=gs://b/run" in " ".join(container["command"])
+
+
+def test_cli_dryrun_and_help():
+    """The commands a user types: `torchx run --dryrun` and `--help` on the file-based component."""
+    torchx = [sys.executable, "-m", "torchx.cli.main"]
+    out = subprocess.run([*torchx, "run", "--dryrun", "-s", "local_cwd", "components/train.py:train", "--nproc_per_node", "2",
+                          "--", "trainer.max_steps=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--nproc_per_node 2" in out.stdout + out.stderr and "trainer.max_steps=3" in out.stdout + out.stderr
+    help_out = subprocess.run([*torchx, "run", "components/train.py:train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    for arg in ("--nnodes", "--nproc_per_node", "--output_dir", "--image", "--memMB", "--max_retries", "Hydra overrides"):
+        assert arg in help_out.stdout
+
+
+def test_registered_as_torchx_builtins():
+    out = subprocess.run([sys.executable, "-m", "torchx.cli.main", "builtins"], capture_output=True, text=True, timeout=120)
+    listed = out.stdout.split()
+    assert "text_recipes.train.train" in listed and "text_recipes.evaluate.evaluate" in listed and "dist.ddp" in listed

@@ -37,6 +37,7 @@ def register_resolvers() -> None:
 
 def _execute(command: str, cfg: DictConfig) -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
+    logging.getLogger().setLevel(logging.WARNING)  # libraries: warnings only
     logging.getLogger("text_recipes").setLevel(logging.INFO if rank0 else logging.WARNING)
     rt = None
     try:

@@ -41,15 +41,17 @@ def staging_dir(url: str) -> Path:
 
 
 def upload(local: Path, url: str) -> None:
-    """Copy a file or directory to `url`, the final name appearing only once it is complete."""
-    fs, p = fsspec.core.url_to_fs(url)
-    tmp = p + ".partial"
-    if fs.exists(tmp):
-        fs.rm(tmp, recursive=True)
-    fs.put(str(local), tmp, recursive=local.is_dir())
-    if fs.exists(p):
-        fs.rm(p, recursive=True)
-    fs.mv(tmp, p, recursive=local.is_dir())
+    """Copy a file or directory to `url`.
+
+    Object stores create each object atomically, so no file is ever seen half-written. In a
+    directory config.json goes last: a model directory is not loadable until it is complete.
+    """
+    fs, path = fsspec.core.url_to_fs(url)
+    if local.is_file():
+        fs.put_file(str(local), path)
+        return
+    for f in sorted((f for f in local.rglob("*") if f.is_file()), key=lambda f: f.name == "config.json"):
+        fs.put_file(str(f), f"{path}/{f.relative_to(local).as_posix()}")
 
 
 def download(url: str, local: Path) -> Path:

@@ -140,6 +140,30 @@ def test_not_utf8_names_line(tmp_path):
         data.read_file(str(path), make_cfg())
 
 
+def test_csv_parse_error_is_a_recipe_error(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nfine,a\ntoo,many,fields,here\n")
+    with pytest.raises(RecipeError, match=r"t\.csv: cannot parse as csv"):
+        data.read_file(str(path), make_cfg())
+
+
+@pytest.mark.xfail(strict=True, raises=pd.errors.EmptyDataError,
+                   reason="bug: read_file catches only ParserError; an empty file raises EmptyDataError (traceback)")
+def test_empty_file_is_a_recipe_error(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(RecipeError, match="empty.csv"):
+        data.read_file(str(path), make_cfg())
+
+
+@pytest.mark.xfail(strict=True, raises=IsADirectoryError,
+                   reason="bug: read_file catches only FileNotFoundError; a directory raises IsADirectoryError (traceback)")
+def test_directory_is_a_recipe_error(tmp_path):
+    (tmp_path / "train.csv").mkdir()
+    with pytest.raises(RecipeError, match="train.csv"):
+        data.read_file(str(tmp_path / "train.csv"), make_cfg())
+
+
 # ---- tables and labels
 
 
@@ -236,6 +260,16 @@ def test_split_is_seeded(train_only):
         assert a[k].rows == b[k].rows
     assert set(a["test"].rows) != set(c["test"].rows)
     assert set(a["validation"].rows) != set(c["validation"].rows)
+
+
+def test_split_errors_name_the_original_row(tmp_path):
+    path = tmp_path / "train.csv"
+    rows = [{"text": f"message number {i}", "label": "ab"[i % 2]} for i in range(100)]
+    rows[56]["text"] = ""  # row 57, whichever part the seeded shuffle puts it in
+    pd.DataFrame(rows).to_csv(path, index=False)
+    for seed in (0, 1, 2):
+        with pytest.raises(RecipeError, match=r"train\.csv( \((validation|test) part\))? row 57: empty text"):
+            data.load_splits(make_cfg(train=str(path), split_seed=seed), multi_label=False)
 
 
 def test_split_test_alone_matches_full_load(train_only):

@@ -12,6 +12,7 @@ import fsspec
 import torch
 
 from recipes import storage
+from recipes.errors import RecipeError
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
 
@@ -33,6 +34,23 @@ class RunDir:
     def publish(self, *parts: str) -> None:
         if self.remote:
             storage.upload(self.path(*parts), self.uri(*parts))
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a file under a temporary name, rename it, publish it."""
+        tmp = self.path(f".{name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(self.path(name))
+        self.publish(name)
+
+    def ensure_writable(self) -> None:
+        """Fail before any work, not after it, when the outputs cannot be written."""
+        try:
+            self.local.mkdir(parents=True, exist_ok=True)
+            probe = self.path(".write-test")
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise RecipeError(f"output_dir {self.url}: not writable ({e.strerror or e})") from None
 
 
 def _steps(run: RunDir) -> Dict[int, str]:

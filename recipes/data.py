@@ -15,6 +15,7 @@ from recipes import storage
 from recipes.errors import RecipeError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".zip"}
 SPLITS = ("train", "validation", "test")
 
 
@@ -23,10 +24,11 @@ def detect_format(source: str, fmt: Optional[str]) -> str:
         if fmt not in FORMATS.values():
             raise RecipeError(f"data.format={fmt!r}: expected one of {sorted(set(FORMATS.values()))}")
         return fmt
-    suffixes = PurePosixPath(source.split("?")[0]).suffixes
-    for suffix in reversed(suffixes):  # data.csv.gz -> csv
-        if suffix in FORMATS:
-            return FORMATS[suffix]
+    suffixes = [x.lower() for x in PurePosixPath(source.split("?")[0]).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION:  # data.csv.gz -> csv
+        suffixes.pop()
+    if suffixes and suffixes[-1] in FORMATS:
+        return FORMATS[suffixes[-1]]
     raise RecipeError(f"{source}: unknown file format; expected .csv, .tsv, .jsonl or .parquet, or set data.format")
 
 
@@ -45,6 +47,8 @@ def read_file(source: str, cfg) -> pd.DataFrame:
         raw = storage.read_bytes(source)
     except FileNotFoundError:
         raise RecipeError(f"{source}: file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{source}: is a directory; expected a data file") from None
     if fmt == "parquet":
         return pd.read_parquet(io.BytesIO(raw))
     text = _decode(raw, source)
@@ -68,6 +72,8 @@ def read_file(source: str, cfg) -> pd.DataFrame:
             dtype=str,
             keep_default_na=False,
         )
+    except pd.errors.EmptyDataError:
+        raise RecipeError(f"{source}: empty file") from None
     except pd.errors.ParserError as e:
         raise RecipeError(f"{source}: cannot parse as {fmt} ({str(e).strip()})") from None
 

@@ -65,6 +65,8 @@ def evaluate(cfg, rt: Runtime) -> dict:
         raise RecipeError(f"split={cfg.split!r}: expected one of {', '.join(data.SPLITS)}")
     dtype = autocast_dtype(cfg.precision, rt.device)
     model, tokenizer = load_trained(cfg.checkpoint, attn_implementation(None, rt.device, dtype))
+    if rt.is_main:
+        run.ensure_writable()
     model.to(rt.device)
     multi = task_of(model.config) == "multi_label"
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -79,7 +81,6 @@ def evaluate(cfg, rt: Runtime) -> dict:
     result = {"checkpoint": str(cfg.checkpoint), "data": table.source, "examples": len(y), **score(logits, y, labels, multi, None, thresholds)}
     if not rt.is_main:
         return result
-    run.local.mkdir(parents=True, exist_ok=True)
     if multi:
         probs = 1 / (1 + np.exp(-logits))
         metrics.plot_pr_curves(probs, y, labels, str(run.path("pr_curves.png")))
@@ -92,18 +93,14 @@ def evaluate(cfg, rt: Runtime) -> dict:
         run.publish("confusion_matrix.png")
         preds = [labels[j] for j in probs.argmax(-1)]
         scores = [{labels[j]: round(float(v), 5) for j, v in enumerate(p)} for p in probs]
-    with open(run.path(".predictions.jsonl.tmp"), "w") as f:
-        for i in range(len(y)):
-            row = {"row": table.rows[i], "text": table.texts[i], "label": table.labels[i], "prediction": preds[i], "scores": scores[i]}
-            if table.pairs:
-                row["text_pair"] = table.pairs[i]
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    run.path(".predictions.jsonl.tmp").replace(run.path("predictions.jsonl"))
-    run.publish("predictions.jsonl")
-    tmp = run.path(".metrics.json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(run.path("metrics.json"))
-    run.publish("metrics.json")
+    lines = []
+    for i in range(len(y)):
+        row = {"row": table.rows[i], "text": table.texts[i], "label": table.labels[i], "prediction": preds[i], "scores": scores[i]}
+        if table.pairs:
+            row["text_pair"] = table.pairs[i]
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    run.write_text("predictions.jsonl", "".join(lines))
+    run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
     log.info("%s on %s (%d examples): %s", cfg.split, table.source, len(y), metrics.headline(result))
     print(f"metrics:     {run.uri('metrics.json')}\npredictions: {run.uri('predictions.jsonl')}")
     return result

@@ -72,16 +72,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_writable(run: checkpoint.RunDir) -> None:
-    try:
-        run.local.mkdir(parents=True, exist_ok=True)
-        probe = run.path(".write-test")
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise RecipeError(f"output_dir {run.url}: not writable ({e.strerror})") from None
-
-
 def save_model(model, tokenizer, run: checkpoint.RunDir, thresholds=None) -> None:
     """Write model/ (weights, config with label maps and thresholds, tokenizer) atomically."""
     if thresholds is not None:
@@ -94,21 +84,19 @@ def save_model(model, tokenizer, run: checkpoint.RunDir, thresholds=None) -> Non
     run.publish("model")
 
 
-def write_json(run: checkpoint.RunDir, name: str, obj) -> None:
-    tmp = run.path(f".{name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(run.path(name))
-    run.publish(name)
-
-
 def train(cfg, rt: Runtime) -> dict:
     tc = cfg.trainer
     if cfg.task.type not in ("single_label", "multi_label"):
         raise RecipeError(f"task.type={cfg.task.type!r}: expected single_label or multi_label")
     multi = cfg.task.type == "multi_label"
     run = checkpoint.RunDir(cfg.output_dir)
+    for key in ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
+        if tc[key] < 1:
+            raise RecipeError(f"trainer.{key}={tc[key]}: must be at least 1")
+    if tc.max_steps <= 0 and tc.epochs < 1:
+        raise RecipeError(f"trainer.epochs={tc.epochs}: must be at least 1 (or set trainer.max_steps)")
     if rt.is_main:
-        check_writable(run)
+        run.ensure_writable()
 
     # ---- data and model
     tables = data.load_splits(cfg.data, multi, needed=("train", "validation"))
@@ -152,8 +140,7 @@ def train(cfg, rt: Runtime) -> dict:
     else:
         seed_everything(tc.seed + rt.rank)  # distinct dropout masks per rank
     if rt.is_main:
-        run.path("config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        run.publish("config.yaml")
+        run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         log.info(
             "%d train / %s validation examples, %d labels, %d steps (%d per epoch), %s on %s x%d",
             len(train_data.lengths), len(val_data.lengths) if val_data else 0, len(labels), total_steps,
@@ -263,7 +250,7 @@ def train(cfg, rt: Runtime) -> dict:
             save_model(model, tokenizer, run)
         metrics.plot_training_curve(state["history"], cfg.task.metric, str(run.path("training_curve.png")))
         run.publish("training_curve.png")
-        write_json(run, "metrics.json", result)
+        run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
         writer.close()
         run.publish("tb")
         print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")

@@ -120,9 +120,6 @@ def test_wrong_type(train_args, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: non-positive batch_size / grad_accum_steps are not validated; the run dies with a "
-                          "traceback (ValueError from range() in data.epoch_batches, ZeroDivisionError in train.py)")
 @pytest.mark.parametrize("setting", ["trainer.batch_size=0", "trainer.grad_accum_steps=0"])
 def test_zero_batch_settings(train_args, tmp_path, setting):
     out = run_cli("train", *train_args, setting)

@@ -147,8 +147,6 @@ def test_csv_parse_error_is_a_recipe_error(tmp_path):
         data.read_file(str(path), make_cfg())
 
 
-@pytest.mark.xfail(strict=True, raises=pd.errors.EmptyDataError,
-                   reason="bug: read_file catches only ParserError; an empty file raises EmptyDataError (traceback)")
 def test_empty_file_is_a_recipe_error(tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("")
@@ -156,8 +154,6 @@ def test_empty_file_is_a_recipe_error(tmp_path):
         data.read_file(str(path), make_cfg())
 
 
-@pytest.mark.xfail(strict=True, raises=IsADirectoryError,
-                   reason="bug: read_file catches only FileNotFoundError; a directory raises IsADirectoryError (traceback)")
 def test_directory_is_a_recipe_error(tmp_path):
     (tmp_path / "train.csv").mkdir()
     with pytest.raises(RecipeError, match="train.csv"):

@@ -13,7 +13,6 @@ import csv
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,9 +99,9 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "sst2", help="folder with SST-2 train.tsv and dev.tsv")
     p.add_argument("--samples", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--warmup", type=float, default=0.06, help="warmup fraction of the steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup", type=float, default=0.0, help="warmup fraction of the steps")
+    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--hf-random", action="store_true", help="also run HF Trainer with random batches (slow)")
     p.add_argument("--skip-hf", action="store_true", help="only run the recipe")

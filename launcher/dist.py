@@ -6,6 +6,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from recipes.errors import RecipeError
+
 
 @dataclass
 class Runtime:
@@ -63,8 +65,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "bf16":
         return torch.bfloat16
     if precision != "auto":
-        from recipes.errors import RecipeError
-
         raise RecipeError(f"precision={precision!r}: expected auto, bf16 or fp32")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32

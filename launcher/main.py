@@ -8,6 +8,7 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from transformers.utils import logging as hf_logging
 
 from launcher.dist import init_runtime
 from recipes.config import register
@@ -38,6 +39,7 @@ def register_resolvers() -> None:
 def _execute(command: str, cfg: DictConfig) -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
     logging.getLogger().setLevel(logging.WARNING)  # libraries: warnings only
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones to watch
     logging.getLogger("text_recipes").setLevel(logging.INFO if rank0 else logging.WARNING)
     rt = None
     try:

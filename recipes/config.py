@@ -4,7 +4,7 @@ The YAML files under conf/ are the single home of default values; these dataclas
 declare which keys exist and their types, so a typo or a wrong type fails at startup with
 the key's name instead of somewhere deep inside a run.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore

@@ -23,11 +23,6 @@ def join(base: str, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *parts]) if is_remote(base) else str(Path(base, *parts))
 
 
-def exists(path: str) -> bool:
-    fs, p = fsspec.core.url_to_fs(path)
-    return fs.exists(p)
-
-
 def read_bytes(path: str) -> bytes:
     with fsspec.open(path, "rb", compression="infer") as f:
         return f.read()

@@ -72,8 +72,8 @@ def run_hf_trainer(train_df, dev_df, args, strategy: str, out: Path) -> dict:
     )
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tokenizer))
     metrics = trainer.train().metrics
-    logits = trainer.predict(dev_ds).predictions
-    return {"samples_per_second": metrics["train_samples_per_second"], "dev_accuracy": float((logits.argmax(-1) == np.array(dev_ds["label"])).mean())}
+    pred = trainer.predict(dev_ds)  # label_ids come back in the same order as the predictions
+    return {"samples_per_second": metrics["train_samples_per_second"], "dev_accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
 
 def plot(results: dict, path: Path) -> None:

@@ -33,6 +33,7 @@ from recipes.evaluate import predict, score
 from recipes.model import attn_implementation, load_pretrained, load_tokenizer
 
 log = logging.getLogger("text_recipes")
+METRICS = ("accuracy", "f1_micro", "f1_macro", "precision_micro", "precision_macro", "recall_micro", "recall_macro", "loss")
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -89,6 +90,8 @@ def train(cfg, rt: Runtime) -> dict:
     if cfg.task.type not in ("single_label", "multi_label"):
         raise RecipeError(f"task.type={cfg.task.type!r}: expected single_label or multi_label")
     multi = cfg.task.type == "multi_label"
+    if cfg.task.metric not in METRICS:
+        raise RecipeError(f"task.metric={cfg.task.metric!r}: expected one of {', '.join(METRICS)}")
     run = checkpoint.RunDir(cfg.output_dir)
     for key in ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
         if tc[key] < 1:
@@ -158,9 +161,7 @@ def train(cfg, rt: Runtime) -> dict:
         """Validate, keep the best model; returns True when early stopping says stop."""
         logits = predict(model, val_data, rt, tc.eval_batch_size, dtype, tokenizer.pad_token_id)
         result = score(logits, val_data.labels.numpy(), labels, multi, cfg.task)
-        value = result[cfg.task.metric] if cfg.task.metric in result else None
-        if value is None:
-            raise RecipeError(f"task.metric={cfg.task.metric!r}: expected one of loss, accuracy, f1_micro, f1_macro, precision_micro, ...")
+        value = result[cfg.task.metric]
         state["history"].append({"step": step, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}})
         improved = metrics.best_is_better(cfg.task.metric, value, state["best"])
         if improved:

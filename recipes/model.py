@@ -64,9 +64,10 @@ def load_pretrained(name_or_path: str, labels: List[str], task: str, attn: str) 
 
 def load_trained(path: str, attn: str):
     """A model directory written by training, with its tokenizer."""
+    name, path = path, _resolve(path)  # download a remote model once, not once per file type
     config = _from_pretrained(AutoConfig, path)
     if config.problem_type not in PROBLEM_TYPES.values():
-        raise RecipeError(f"{path}: not a classifier trained by text-recipes (config.problem_type={config.problem_type!r})")
+        raise RecipeError(f"{name}: not a classifier trained by text-recipes (config.problem_type={config.problem_type!r})")
     model = _from_pretrained(AutoModelForSequenceClassification, path, attn_implementation=attn)
     return model, _from_pretrained(AutoTokenizer, path)
 

@@ -56,15 +56,15 @@ def download(url: str, local: Path) -> Path:
 
 
 def local_model_dir(name_or_path: str) -> str:
-    """Remote model directories are copied to the local cache; anything else is returned as is."""
+    """Remote model directories are copied to the local cache (afresh: a run may have replaced
+    the model since); anything else is returned as is."""
     if not is_remote(name_or_path):
         return name_or_path
     dest = CACHE / "models" / hashlib.sha1(name_or_path.encode()).hexdigest()[:16]
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dest.parent))
-        download(name_or_path.rstrip("/") + "/", tmp)
-        os.replace(tmp, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent))
+    download(name_or_path.rstrip("/") + "/", tmp)
+    replace_dir(tmp, dest)
     return str(dest)
 
 

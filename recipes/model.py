@@ -72,6 +72,30 @@ def load_trained(path: str, attn: str):
     return model, _from_pretrained(AutoTokenizer, path)
 
 
+class CPUDropout(torch.nn.Dropout):
+    """nn.Dropout with masks drawn 16 bits per element from the torch generator, four per 64-bit draw.
+
+    PyTorch's CPU dropout draws one Bernoulli sample per element, serially; that is ~15% of a
+    MiniLM training step on CPU. This draws a quarter of the random numbers, so it is ~3x faster,
+    stays seeded and resumable with the same RNG state, and drops with p rounded to 1/65536.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        bits = words.view(torch.int16)[: x.numel()].view(x.shape)  # uniform over [-32768, 32767]
+        keep = bits >= round(self.p * 65536) - 32768
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))  # the same scaling as torch's dropout
+
+
+def use_cpu_dropout(model: torch.nn.Module) -> None:
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is torch.nn.Dropout:
+                setattr(module, name, CPUDropout(child.p))
+
+
 def task_of(config) -> str:
     return "multi_label" if config.problem_type == PROBLEM_TYPES["multi_label"] else "single_label"
 

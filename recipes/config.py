@@ -17,6 +17,7 @@ class ModelConfig:
     name_or_path: str = MISSING  # Hub id, local directory or fsspec URL of a pretrained model
     max_length: int = MISSING  # longer inputs are truncated to this many tokens
     attn_implementation: Optional[str] = MISSING  # null: sdpa, except eager for bf16 on CPU
+    dropout: Optional[float] = MISSING  # every dropout probability while training; null: the model's own
 
 
 @dataclass

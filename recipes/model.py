@@ -89,6 +89,15 @@ class CPUDropout(torch.nn.Dropout):
         return x * keep.to(x.dtype).mul_(1 / (1 - self.p))  # the same scaling as torch's dropout
 
 
+def set_dropout(model: torch.nn.Module, p: Optional[float]) -> None:
+    """Every dropout in the model (hidden, attention, classifier) drops with probability p; None keeps the model's own."""
+    if p is None:
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+
+
 def use_cpu_dropout(model: torch.nn.Module) -> None:
     for module in list(model.modules()):
         for name, child in module.named_children():

@@ -30,7 +30,7 @@ from recipes import checkpoint, data, metrics
 from recipes.storage import replace_dir
 from recipes.errors import RecipeError
 from recipes.evaluate import predict, score
-from recipes.model import attn_implementation, load_pretrained, load_tokenizer, use_cpu_dropout
+from recipes.model import attn_implementation, load_pretrained, load_tokenizer, set_dropout, use_cpu_dropout
 
 log = logging.getLogger("text_recipes")
 METRICS = ("accuracy", "f1_micro", "f1_macro", "precision_micro", "precision_macro", "recall_micro", "recall_macro", "loss")
@@ -104,6 +104,8 @@ def train(cfg, rt: Runtime) -> dict:
     for key in ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
         if tc[key] < 1:
             raise RecipeError(f"trainer.{key}={tc[key]}: must be at least 1")
+    if cfg.model.dropout is not None and not 0 <= cfg.model.dropout < 1:
+        raise RecipeError(f"model.dropout={cfg.model.dropout}: expected a probability in [0, 1), or null for the model's own")
     if tc.max_steps <= 0 and tc.epochs < 1:
         raise RecipeError(f"trainer.epochs={tc.epochs}: must be at least 1 (or set trainer.max_steps)")
     if rt.is_main:
@@ -121,6 +123,7 @@ def train(cfg, rt: Runtime) -> dict:
     seed_everything(tc.seed)  # the same classifier-head init on every rank
     model = load_pretrained(cfg.model.name_or_path, labels, cfg.task.type, attn_implementation(cfg.model.attn_implementation, rt.device, dtype))
     model.to(rt.device)
+    set_dropout(model, cfg.model.dropout)
     if rt.device.type == "cpu":
         use_cpu_dropout(model)
     optimizer = make_optimizer(model, cfg.optim)

@@ -120,8 +120,8 @@ def test_wrong_type(train_args, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("setting", ["trainer.batch_size=0", "trainer.grad_accum_steps=0"])
-def test_zero_batch_settings(train_args, tmp_path, setting):
+@pytest.mark.parametrize("setting", ["trainer.batch_size=0", "trainer.grad_accum_steps=0", "model.dropout=1.5"])
+def test_out_of_range_settings(train_args, tmp_path, setting):
     out = run_cli("train", *train_args, setting)
     error_line(out, setting.split("=")[0].split(".")[1])
     assert_nothing_finished(tmp_path / "run")

@@ -1,8 +1,11 @@
-"""Unit tests of the CPU training speed-ups: CPUDropout and clip_gradients."""
+"""Unit tests of dropout settings and the CPU training speed-ups (precision choice, CPUDropout, clip_gradients)."""
+import time
+
 import pytest
 import torch
 
-from recipes.model import CPUDropout, use_cpu_dropout
+from launcher import dist
+from recipes.model import CPUDropout, set_dropout, use_cpu_dropout
 from recipes.train import clip_gradients
 
 
@@ -46,6 +49,20 @@ def test_use_cpu_dropout_replaces_every_dropout_module(tiny_model):
     assert [m.p for m in after] == before
 
 
+def test_set_dropout_sets_every_dropout_and_none_keeps_the_models_own(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2).train()
+    set_dropout(model, None)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    x = torch.randint(1000, 2000, (4, 12))
+    assert not torch.equal(model(input_ids=x).logits, model(input_ids=x).logits)
+    set_dropout(model, 0.0)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    # attention dropout reads its module's p too: in train mode the model is now deterministic
+    torch.testing.assert_close(model(input_ids=x).logits, model(input_ids=x).logits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("scale", [0.01, 100.0])  # below and above max_norm
 def test_clip_gradients_matches_clip_grad_norm(scale):
     torch.manual_seed(0)
@@ -58,3 +75,31 @@ def test_clip_gradients_matches_clip_grad_norm(scale):
     clip_gradients(b, 1.0)
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=0, atol=0)
+
+
+def test_auto_precision_is_fp32_on_cpus_without_native_bf16(monkeypatch):
+    dist.cpu_bf16_is_faster.cache_clear()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert dist.autocast_dtype("auto", torch.device("cpu")) == torch.float32
+    dist.cpu_bf16_is_faster.cache_clear()
+
+
+def test_auto_precision_follows_the_measurement_on_cpus_with_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    for bf16_faster, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        # a matmul that sleeps stands in for the slower precision
+        slow = torch.float32 if bf16_faster else torch.bfloat16
+        real_linear = torch.nn.functional.linear
+
+        def linear(a, b, slow=slow, real_linear=real_linear):
+            if a.dtype == slow:
+                time.sleep(0.01)
+            return real_linear(a, b)
+
+        monkeypatch.setattr(torch.nn.functional, "linear", linear)
+        dist.cpu_bf16_is_faster.cache_clear()
+        assert dist.autocast_dtype("auto", torch.device("cpu")) == expected
+    dist.cpu_bf16_is_faster.cache_clear()
+    assert dist.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert dist.autocast_dtype("fp32", torch.device("cpu")) == torch.float32

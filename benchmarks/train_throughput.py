@@ -13,8 +13,8 @@ Each run trains in a fresh process, so nothing one sets process-wide (allocator,
 """
 import argparse
 import csv
-import multiprocessing
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile

@@ -82,8 +82,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
 def cpu_bf16_is_faster() -> bool:
     # AVX512-BF16 alone does not settle it: bf16 trained MiniLM 2.3x faster than fp32 on an AMD EPYC,
     # yet multiplied at half the fp32 rate on a Xeon without AMX (README, Benchmarks). So measure (~50 ms).
-    native = [getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("avx512_bf16", "amx_tile")]
-    if not any(native):
+    if not any(getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("avx512_bf16", "amx_tile")):
         return False
     x, w = torch.randn(512, 384), torch.randn(1536, 384)  # a MiniLM FFN matmul
 
@@ -98,4 +97,3 @@ def cpu_bf16_is_faster() -> bool:
         return min(times)
 
     return seconds(torch.bfloat16) < 0.8 * seconds(torch.float32)
-

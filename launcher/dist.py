@@ -50,6 +50,14 @@ def init_runtime(device: str = "auto") -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "tpu":
+        import importlib.util
+
+        if importlib.util.find_spec("torch_xla") is None:
+            raise RecipeError("device=tpu: torch_xla is not installed (it needs torch 2.9: pip install '.[tpu]' in its own environment)")
+        raise RecipeError("device=tpu: the recipes run on cpu or cuda in this version; expected auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("device=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); use device=auto or cpu")
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

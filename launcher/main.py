@@ -1,71 +1,88 @@
-"""`python run.py <command> [hydra overrides]`: config composition, process group, recipe."""
-import importlib.util
+"""`python run.py <command> [key=value ...]`: compose and check the config, then run the recipe.
+
+Errors are one line on stderr: exit 2 for bad input or configuration (found before any work),
+1 for a failure during work. `--verbose` (or TEXT_RECIPES_VERBOSE=1) adds the traceback.
+"""
+import importlib
 import logging
 import os
-import re
 import sys
-from pathlib import Path
+import traceback
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-from transformers.utils import logging as hf_logging
+from omegaconf import OmegaConf
 
-from launcher.dist import init_runtime
-from recipes.config import register
+from launcher.compose import compose
 from recipes.errors import RecipeError
 
-ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("train", "evaluate")
-USAGE = f"usage: python run.py {{{','.join(COMMANDS)}}} [key=value ...] [--cfg job]"
+COMMANDS = ("train", "evaluate", "infer")
+USAGE = f"""usage: python run.py {{{','.join(COMMANDS)}}} [key=value ...] [--cfg job [--resolve]] [--verbose]
+
+  key=value    Hydra overrides of conf/<command>.yaml, e.g. trainer.max_steps=100 data=files data.train=my.csv
+  --cfg job    print the composed config and exit (--resolve: with interpolations resolved)
+  --verbose    print the traceback of an error (also: TEXT_RECIPES_VERBOSE=1)"""
 
 
-def _pkgdir(package: str, sub: str = "") -> str:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise RecipeError(f"Python package {package!r} is not installed (pip install {package.replace('_', '-')})")
-    return str(Path(spec.submodule_search_locations[0], sub))
+def _fail(message: str, code: int, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exc()
+    if os.environ.get("RANK", "0") == "0":  # one report per job, not one per process
+        print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
-def register_resolvers() -> None:
-    resolvers = {
-        "pkgdir": _pkgdir,  # a directory inside an installed package, e.g. a packaged model
-        "repo": lambda path: str(ROOT / path),  # a file shipped with this project
-        "sanitize": lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-"),
-    }
-    for name, fn in resolvers.items():
-        OmegaConf.register_new_resolver(name, fn, replace=True)
-
-
-def _execute(command: str, cfg: DictConfig) -> None:
+def _setup_logging() -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
-    logging.getLogger().setLevel(logging.WARNING)  # libraries: warnings only
-    hf_logging.disable_progress_bar()  # our own progress bars are the ones to watch
+    logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     logging.getLogger("text_recipes").setLevel(logging.INFO if rank0 else logging.WARNING)
-    rt = None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones to watch
+
+
+def _run(command: str, cfg) -> None:
+    if command == "infer":  # Ray runs the processes: no torch process group
+        from recipes.infer import infer
+
+        infer(cfg)
+        return
+    from launcher.dist import init_runtime
+
+    rt = init_runtime(cfg.trainer.device if command == "train" else cfg.device)
     try:
-        device = cfg.trainer.device if command == "train" else cfg.device
-        rt = init_runtime(device)
-        if command == "train":
-            from recipes.train import train as recipe
-        else:
-            from recipes.evaluate import evaluate as recipe
-        recipe(cfg, rt)
-    except RecipeError as e:
-        if rank0:
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        getattr(importlib.import_module(f"recipes.{command}"), command)(cfg, rt)
     finally:
-        if rt is not None:
-            rt.close()
+        rt.close()
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] not in COMMANDS:
+    args = list(sys.argv[1:] if argv is None else argv[1:])
+    verbose = "--verbose" in args or os.environ.get("TEXT_RECIPES_VERBOSE", "") not in ("", "0")
+    if not args or args[0] not in COMMANDS or args[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr)
-        sys.exit(2)
-    command = argv.pop(1)
-    sys.argv = argv  # Hydra parses sys.argv
-    register()
-    register_resolvers()
-    hydra.main(config_path=str(ROOT / "conf"), config_name=command, version_base="1.3")(lambda cfg: _execute(command, cfg))()
+        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+    command, rest = args[0], [a for a in args[1:] if a != "--verbose"]
+    show = "--cfg" in rest
+    if show:
+        at = rest.index("--cfg")
+        if rest[at + 1 : at + 2] != ["job"]:
+            _fail("--cfg: expected --cfg job", 2, False)
+        del rest[at : at + 2]
+    resolve = "--resolve" in rest
+    rest = [a for a in rest if a != "--resolve"]
+    unknown = [a for a in rest if a.startswith("-")]
+    if unknown:
+        _fail(f"{unknown[0]}: unknown option; see python run.py --help", 2, False)
+    try:
+        cfg = compose(command, rest)
+        if show:
+            print(OmegaConf.to_yaml(cfg, resolve=resolve), end="")
+            return
+        _setup_logging()
+        _run(command, cfg)
+    except RecipeError as e:
+        _fail(str(e), 2, verbose)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130, verbose)
+    except Exception as e:  # a failure during work: still one line, the traceback on request
+        hint = "" if verbose else " (rerun with --verbose for the traceback)"
+        _fail(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}{hint}", 1, verbose)

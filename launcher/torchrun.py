@@ -1,13 +1,69 @@
-"""The AppDef every text-recipes component builds: torchrun over `run.py <command> overrides`."""
+"""The AppDef every text-recipes component builds, and the checks its arguments get at build time.
+
+Arguments are checked when the AppDef is built, so a typo fails at `torchx run --dryrun` or
+submit time, not after the job has waited for cluster nodes.
+"""
 import re
 import shlex
 from typing import Dict, List, Optional
 
 from torchx import specs
 from torchx.components.dist import _noquote
+from torchx.specs.finder import ComponentValidationException
 
-# A secret put in `env` would be written into the AppDef, the scheduler's request and dryrun output.
-_SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY", re.I)
+from launcher.compose import compose
+from recipes.errors import RecipeError
+
+# Words in an env key that mark a secret (HF_TOKEN, GITHUB_PAT, OPENAI_KEY, DB_PASS, HF_AUTH, ...).
+# A secret put in `env` is written into the AppDef, the scheduler's request, dryruns and sbatch scripts.
+_SECRET_WORD = re.compile(r"TOKEN|SECRETS?|PASS\w*|PASSWD|KEY|APIKEY|ACCESSKEY|PAT|O?AUTH\w*|CREDENTIALS?|PRIVATE|COOKIE")
+# Values that are secrets whatever their key: Hugging Face, GitHub, OpenAI, AWS, Google keys.
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,})")
+_NOT_SECRET = {"RAY_AUTH_MODE"}  # says which auth is used, holds none
+HOW_TO_PASS_SECRETS = (
+    "export it in the launching shell instead (local_cwd and slurm pass the environment through; "
+    "on Kubernetes use a Secret)"
+)
+# Kubernetes object and label names, Slurm job names: the job's pods add "-<role>-<n>-0" to it.
+_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,34}[a-z0-9])?$")
+
+
+def _fail(message: str) -> None:
+    # torchx prints this exception as a one-line error instead of a traceback
+    raise ComponentValidationException(message)
+
+
+def check_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
+    env = dict(env or {})
+    for key, value in env.items():
+        words = re.split(r"[^A-Z0-9]+", key.upper())
+        if key.upper() not in _NOT_SECRET and (any(_SECRET_WORD.fullmatch(w) for w in words) or _SECRET_VALUE.match(str(value))):
+            _fail(f"--env {key}: looks like a secret and would be stored in the job definition; {HOW_TO_PASS_SECRETS}")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def check_job(name: str, nnodes: int, nproc_per_node: int, cpu: int, gpu: int, memMB: int, ports: Dict[str, int]) -> None:
+    if not _NAME.match(name):
+        _fail(f"--name {name!r}: use 1-36 lowercase letters, digits and '-', starting with a letter (Kubernetes and Slurm job names)")
+    for arg, value, least in (("nnodes", nnodes, 1), ("nproc_per_node", nproc_per_node, 1), ("cpu", cpu, 1), ("gpu", gpu, 0), ("memMB", memMB, 1)):
+        if value < least:
+            _fail(f"--{arg}={value}: must be at least {least}")
+    for arg, port in ports.items():
+        if not 1024 <= port <= 65535:
+            _fail(f"--{arg}={port}: expected a port from 1024 to 65535")
+
+
+def check_overrides(command: str, overrides: List[str]) -> None:
+    """The Hydra overrides, composed and checked as `run.py` will, except what only the job's machine can tell."""
+    try:
+        compose(command, overrides)
+    except RecipeError as e:
+        _fail(str(e))
+
+
+def command_line(args: List[str]) -> str:
+    return " ".join(a if isinstance(a, _noquote) else shlex.quote(a) for a in args)
 
 
 def recipe_app(
@@ -25,20 +81,13 @@ def recipe_app(
     max_retries: int,
     rdzv_port: int,
 ) -> specs.AppDef:
-    env = dict(env or {})
-    for key in env:
-        if _SECRET.search(key):
-            raise ValueError(
-                f"env {key}: looks like a secret and would be stored in the job definition; export it in the "
-                "launching shell instead (local_cwd and slurm pass the environment through)"
-            )
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if nnodes < 1 or nproc_per_node < 1:
-        raise ValueError(f"nnodes={nnodes}, nproc_per_node={nproc_per_node}: both must be at least 1")
+    check_job(name, nnodes, nproc_per_node, cpu, gpu, memMB, {"rdzv_port": rdzv_port})
+    env = check_env(env)
+    check_overrides(command, overrides)
     # one node: a free port on localhost; several: c10d store on the rank-0 host, as in torchx's dist.ddp
     endpoint = "localhost:0" if nnodes == 1 else _noquote(f"$${{{specs.macros.rank0_env}:=localhost}}:{rdzv_port}")
     cmd = [
-        "torchrun",
+        "python3", "-m", "launcher.elastic",  # torchrun, reporting a failed worker in one line
         "--rdzv_backend", "c10d",
         "--rdzv_endpoint", endpoint,
         "--rdzv_id", specs.macros.app_id,
@@ -54,7 +103,7 @@ def recipe_app(
                 name=command,
                 image=image,
                 entrypoint="bash",
-                args=["-c", " ".join(a if isinstance(a, _noquote) else shlex.quote(a) for a in cmd)],
+                args=["-c", command_line(cmd)],
                 num_replicas=nnodes,
                 resource=specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h),
                 env=env,

@@ -4,12 +4,14 @@ A run killed at any moment (kill -9 included) leaves only complete `step_*.pt` f
 so the next launch resumes from the newest of them.
 """
 import os
+import pickle
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import fsspec
 import torch
+import yaml
 
 from recipes import storage
 from recipes.errors import RecipeError
@@ -35,22 +37,73 @@ class RunDir:
         if self.remote:
             storage.upload(self.path(*parts), self.uri(*parts))
 
-    def write_text(self, name: str, text: str) -> None:
-        """Write a file under a temporary name, rename it, publish it."""
-        tmp = self.path(f".{name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(self.path(name))
+    def write(self, name: str, writer: Callable[[str], None]) -> None:
+        """`writer(path)` writes the file under a temporary name; renamed when complete, then published."""
+        final = self.path(name)
+        tmp = final.with_name(f".{final.stem}.tmp{final.suffix}")  # keeps the suffix: matplotlib picks the format by it
+        writer(str(tmp))
+        tmp.replace(final)
         self.publish(name)
 
-    def ensure_writable(self) -> None:
-        """Fail before any work, not after it, when the outputs cannot be written."""
-        try:
-            self.local.mkdir(parents=True, exist_ok=True)
-            probe = self.path(".write-test")
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            raise RecipeError(f"output_dir {self.url}: not writable ({e.strerror or e})") from None
+    def write_text(self, name: str, text: str) -> None:
+        self.write(name, lambda path: Path(path).write_text(text))
+
+    def entries(self) -> List[str]:
+        """Names in the directory; [] if it does not exist. A path that is a file is refused."""
+        if self.remote:
+            fs, root = fsspec.core.url_to_fs(self.url)
+            if fs.isfile(root):
+                raise RecipeError(f"output_dir {self.url}: is a file; expected a directory")
+            return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)] if fs.isdir(root) else []
+        path = Path(self.url)
+        if path.exists() and not path.is_dir():
+            raise RecipeError(f"output_dir {self.url}: is a file; expected a directory")
+        return [p.name for p in path.iterdir()] if path.is_dir() else []
+
+    def read_text(self, name: str) -> str:
+        return storage.read_bytes(self.uri(name)).decode()
+
+    def check_writable(self) -> None:
+        """Fail before any work, not after it, when the outputs cannot be written; creates nothing."""
+        if self.remote:
+            return  # written to a local staging directory, uploaded file by file
+        path = Path(self.url).absolute()
+        while not path.exists():
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            raise RecipeError(f"output_dir {self.url}: not writable ({path} is {'not a directory' if not path.is_dir() else 'read-only'})")
+
+    def create(self) -> None:
+        self.local.mkdir(parents=True, exist_ok=True)
+
+
+# What a resumed run may change without changing what it trains.
+MAY_CHANGE_ON_RESUME = ("trainer.log_every", "trainer.eval_batch_size", "trainer.device")
+
+
+def check_run_dir(run: RunDir, config_yaml: str) -> None:
+    """A new run starts in a new or empty directory; an existing run resumes only with the same config."""
+    names = run.entries()
+    if not names:
+        return
+    if "config.yaml" not in names:
+        raise RecipeError(f"output_dir {run.url}: not empty and not a text-recipes run (no config.yaml); use a new or empty directory")
+    old, new = _flat(yaml.safe_load(run.read_text("config.yaml"))), _flat(yaml.safe_load(config_yaml))
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in MAY_CHANGE_ON_RESUME]
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise RecipeError(f"output_dir {run.url} holds a run with another config ({shown}{more}); "
+                          "relaunch with its config to resume, or use a new output_dir")
+
+
+def _flat(tree, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: Dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
 
 
 def _steps(run: RunDir) -> Dict[int, str]:
@@ -96,4 +149,8 @@ def load_latest(run: RunDir) -> Optional[Dict[str, Any]]:
     if run.remote and not local.exists():
         local.parent.mkdir(parents=True, exist_ok=True)
         storage.download(run.uri("checkpoints", name), local)
-    return torch.load(local, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(local, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise RecipeError(f"{run.uri('checkpoints', name)}: damaged checkpoint ({str(e).strip().splitlines()[0]}); "
+                          "delete it to resume from an earlier one, or use a new output_dir") from None

@@ -10,6 +10,8 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from recipes.infer_config import InferConfig
+
 
 @dataclass
 class ModelConfig:
@@ -35,7 +37,7 @@ class DataConfig:
     text_pair_column: Optional[str] = MISSING  # second text column for sentence-pair tasks
     label_column: str = MISSING
     label_delimiter: Optional[str] = MISSING  # multi-label labels given as one delimited string
-    split: List[float] = MISSING  # train/validation/test fractions for the splits not given as files
+    split: Optional[List[float]] = MISSING  # train/validation/test fractions; null: 70/15/15 if only train is given
     split_seed: int = MISSING
 
 
@@ -92,13 +94,17 @@ class EvaluateConfig:
     checkpoint: str = MISSING  # a model directory written by training (run_dir/model)
     data: DataConfig = MISSING
     split: str = MISSING  # train, validation or test
-    output_dir: Optional[str] = MISSING  # null: <checkpoint>/../eval-<data.name>-<split>
+    output_dir: Optional[str] = MISSING  # null: <run>/eval-<data.name>-<split>-<hash of the data config>
+    overwrite: bool = MISSING  # replace an earlier evaluation in output_dir
     batch_size: int = MISSING
     precision: str = MISSING
     device: str = MISSING
 
 
+SCHEMAS = {"train": TrainConfig, "evaluate": EvaluateConfig, "infer": InferConfig}
+
+
 def register() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
+    for command, schema in SCHEMAS.items():
+        cs.store(name=f"{command}_schema", node=schema)

@@ -2,34 +2,51 @@
 import csv
 import io
 import json
-import math
+import logging
+import lzma
+import numbers
+import zlib
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from recipes import storage
+from recipes.checks import FORMATS, SPLITS, data_format as data_format_of
 from recipes.errors import RecipeError
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-COMPRESSION = {".gz", ".bz2", ".xz", ".zst", ".zip"}
-SPLITS = ("train", "validation", "test")
+log = logging.getLogger("text_recipes")
+
 
 
 def detect_format(source: str, fmt: Optional[str]) -> str:
-    if fmt:
-        if fmt not in FORMATS.values():
-            raise RecipeError(f"data.format={fmt!r}: expected one of {sorted(set(FORMATS.values()))}")
-        return fmt
-    suffixes = [x.lower() for x in PurePosixPath(source.split("?")[0]).suffixes]
-    if suffixes and suffixes[-1] in COMPRESSION:  # data.csv.gz -> csv
-        suffixes.pop()
-    if suffixes and suffixes[-1] in FORMATS:
-        return FORMATS[suffixes[-1]]
-    raise RecipeError(f"{source}: unknown file format; expected .csv, .tsv, .jsonl or .parquet, or set data.format")
+    if fmt and fmt not in FORMATS:
+        raise RecipeError(f"data.format={fmt!r}: expected one of {', '.join(FORMATS)}")
+    found = data_format_of(fmt, source)
+    if found is None:
+        raise RecipeError(f"{source}: unknown file format; expected .csv, .tsv, .jsonl or .parquet, or set data.format")
+    return found
+
+
+def _read_bytes(source: str) -> bytes:
+    try:
+        return storage.read_bytes(source)
+    except FileNotFoundError:
+        raise RecipeError(f"{source}: file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{source}: is a directory; expected a data file") from None
+    except PermissionError:
+        raise RecipeError(f"{source}: permission denied") from None
+    except ImportError as e:
+        raise RecipeError(f"{source}: {e.name or 'a package'} is needed to read it (pip install -e '.[gcs]' for gs://)") from None
+    except ValueError as e:  # fsspec: "Protocol not known: foo"
+        raise RecipeError(f"{source}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/file") from None
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # not gzip/xz/..., truncated archive
+        raise RecipeError(f"{source}: cannot read ({str(e) or type(e).__name__}); is it really what its extension says?") from None
 
 
 def _decode(raw: bytes, source: str) -> str:
@@ -41,47 +58,84 @@ def _decode(raw: bytes, source: str) -> str:
 
 
 def read_file(source: str, cfg) -> pd.DataFrame:
-    """One table from a local path or fsspec URL. Text columns stay strings (no NaN guessing)."""
+    """One table from a local path or fsspec URL, as written: no type guessing, no renamed columns."""
     fmt = detect_format(source, cfg.format)
-    try:
-        raw = storage.read_bytes(source)
-    except FileNotFoundError:
-        raise RecipeError(f"{source}: file not found") from None
-    except IsADirectoryError:
-        raise RecipeError(f"{source}: is a directory; expected a data file") from None
+    raw = _read_bytes(source)
     if fmt == "parquet":
-        return pd.read_parquet(io.BytesIO(raw))
+        try:
+            table = pq.read_table(io.BytesIO(raw))
+        except (pa.ArrowException, OSError) as e:
+            raise RecipeError(f"{source}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        _unique_columns(table.column_names, source)
+        return table.to_pandas()
     text = _decode(raw, source)
-    if fmt == "jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise RecipeError(f"{source} line {n}: invalid JSON ({e.msg})") from None
-        return pd.DataFrame(rows)
-    names = list(cfg.column_names) if cfg.column_names else None
+    if not text.strip():
+        raise RecipeError(f"{source}: empty file")
+    return _read_jsonl(text, source) if fmt == "jsonl" else _read_delimited(text, source, fmt, cfg)
+
+
+def _read_jsonl(text: str, source: str) -> pd.DataFrame:
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        _unique_columns(keys, f"{source} line {n}")
+        return dict(pairs)
+
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, object_pairs_hook=no_duplicates)
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"{source} line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise RecipeError(f"{source} line {n}: expected a JSON object {{\"text\": ..., \"label\": ...}}, got {type(row).__name__} {line.strip()[:40]}")
+        rows.append(row)
+    return pd.DataFrame(rows, dtype=object)  # object: labels 1 and 0.0 stay what they are
+
+
+def _read_delimited(text: str, source: str, fmt: str, cfg) -> pd.DataFrame:
+    sep = "\t" if fmt == "tsv" else ","
+    # GLUE-style TSV: quotes are text
+    reader = csv.reader(io.StringIO(text), delimiter=sep, quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+    rows, lines = [], []
     try:
-        return pd.read_csv(
-            io.StringIO(text),
-            sep="\t" if fmt == "tsv" else ",",
-            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,  # GLUE-style TSV: quotes are text
-            header=0 if cfg.header else None,
-            names=names,
-            dtype=str,
-            keep_default_na=False,
-        )
-    except pd.errors.EmptyDataError:
-        raise RecipeError(f"{source}: empty file") from None
-    except pd.errors.ParserError as e:
-        raise RecipeError(f"{source}: cannot parse as {fmt} ({str(e).strip()})") from None
+        for row in reader:
+            if row:  # blank lines
+                rows.append(row)
+                lines.append(reader.line_num)
+    except csv.Error as e:
+        raise RecipeError(f"{source} line {reader.line_num}: cannot parse as {fmt} ({e})") from None
+    if cfg.header:
+        names, rows, lines = rows[0], rows[1:], lines[1:]
+        _unique_columns(names, f"{source} header")
+    else:
+        names = list(cfg.column_names)
+        first = [v.strip() for v in rows[0]]
+        if first == names or (cfg.label_column in names and first[names.index(cfg.label_column)] == cfg.label_column):
+            raise RecipeError(f"{source} row 1: looks like a header ({', '.join(first)}), but data.header=false; set data.header=true")
+    for row, line in zip(rows, lines):
+        if len(row) != len(names):
+            what = "tabs" if fmt == "tsv" else "commas (quote them)"
+            raise RecipeError(f"{source} line {line}: {len(row)} fields, expected {len(names)} ({', '.join(names)}); fields with {what}?")
+    return pd.DataFrame(rows, columns=names, dtype=str)
+
+
+def _unique_columns(names: Sequence[str], where: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise RecipeError(f"{where}: column {name!r} appears twice; column names must be unique")
+        seen.add(name)
 
 
 def read_hub(cfg, split: str) -> pd.DataFrame:
     import datasets
 
-    return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split).to_pandas()
+    try:
+        return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split).to_pandas()
+    except Exception as e:  # offline, unknown id or split: datasets raises many kinds
+        raise RecipeError(f"data.hub_id={cfg.hub_id} split {split!r}: cannot load ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
 
 
 @dataclass
@@ -114,52 +168,86 @@ def to_table(df: pd.DataFrame, source: str, cfg, multi_label: bool, rows: Option
 def _texts(col: pd.Series, source: str, name: str, rows: List[int]) -> List[str]:
     texts = col.tolist()
     for text, row in zip(texts, rows):
-        if not isinstance(text, str) or not text.strip():
+        if _missing(text) or (isinstance(text, str) and not text.strip()):
             raise RecipeError(f"{source} row {row}: empty text in column {name!r}")
+        if not isinstance(text, str):
+            raise RecipeError(f"{source} row {row}: text in column {name!r} is {type(text).__name__} {text!r}, expected a string")
     return texts
 
 
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _class_name(value, source: str, row: int, column: str) -> str:
+    """A label as the class name it stands for: 1, 1.0 and "1" are the same class."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        if not float(value).is_integer():
+            raise RecipeError(f"{source} row {row}: label {value!r} in column {column!r} is not a class name; expected a string or an integer")
+        return str(int(value))
+    if not isinstance(value, str):
+        raise RecipeError(f"{source} row {row}: label in column {column!r} is {type(value).__name__} {value!r}; expected a string or an integer")
+    return value.strip()
+
+
 def _label(value, source: str, row: int, cfg, multi_label: bool):
+    column = cfg.label_column
     if multi_label:
         if isinstance(value, np.ndarray):
             value = value.tolist()
         if isinstance(value, str):
             value = value.split(cfg.label_delimiter) if cfg.label_delimiter else [value]
         if not isinstance(value, list):
-            raise RecipeError(f"{source} row {row}: label {value!r} in {cfg.label_column!r} is not a list or string")
-        return sorted({str(v).strip() for v in value if str(v).strip()})
+            raise RecipeError(f"{source} row {row}: label {value!r} in column {column!r} is not a list or a string")
+        return sorted({name for name in (_class_name(v, source, row, column) for v in value) if name})
     if isinstance(value, (list, np.ndarray)):
-        raise RecipeError(f"{source} row {row}: label in {cfg.label_column!r} is a list; use task=multi_label")
-    if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
-        raise RecipeError(f"{source} row {row}: empty label in column {cfg.label_column!r}")
-    return str(value).strip()
+        raise RecipeError(f"{source} row {row}: label in column {column!r} is a list; use task=multi_label")
+    name = "" if _missing(value) else _class_name(value, source, row, column)
+    if not name:
+        raise RecipeError(f"{source} row {row}: empty label in column {column!r}")
+    return name
+
+
+def carved_fractions(cfg) -> Dict[str, float]:
+    """The fractions of the train file that become the validation and test splits.
+
+    Given files are used whole: with data.split unset, validation and test are carved
+    (15 % each) only when neither is given as a file.
+    """
+    if cfg.split is not None:
+        fractions = dict(zip(SPLITS, cfg.split))
+    elif cfg.validation is None and cfg.test is None:
+        fractions = {"train": 0.7, "validation": 0.15, "test": 0.15}
+    else:
+        return {}
+    return {s: fractions[s] for s in ("validation", "test") if cfg[s] is None and fractions[s] > 0}
 
 
 def load_splits(cfg, multi_label: bool, needed: Sequence[str] = SPLITS) -> Dict[str, Table]:
     """The splits named in `needed`, from files or the Hub, carving missing ones out of train.
 
-    Missing validation/test splits with a non-zero fraction in data.split come from a seeded
-    shuffle of train, so evaluation on a carved test split sees exactly the rows training held out.
+    Carved splits come from a seeded shuffle of train, so evaluation on a carved test split
+    sees exactly the rows training held out.
     """
     def read(split):
-        source = getattr(cfg, split)
+        source = cfg[split]
         if cfg.hub_id:
             return f"{cfg.hub_id}[{source}]", read_hub(cfg, source)
         return source, read_file(source, cfg)
 
-    if cfg.train is None and cfg.hub_id is None:
-        raise RecipeError("data.train: no training file given (set data.train=path/to/file)")
-    if len(cfg.split) != 3 or any(f < 0 for f in cfg.split):
-        raise RecipeError(f"data.split={list(cfg.split)}: expected three non-negative fractions (train, validation, test)")
-    carve = [s for s in ("validation", "test") if getattr(cfg, s) is None and cfg.split[SPLITS.index(s)] > 0]
+    carve = carved_fractions(cfg)
     tables = {}
     if "train" in needed or any(s in needed for s in carve):
         source, df = read("train")
         rows = np.arange(1, len(df) + 1)
         order = np.random.default_rng(cfg.split_seed).permutation(len(df))
         start = 0
-        for split in carve:
-            n = int(round(cfg.split[SPLITS.index(split)] * len(df)))
+        for split, fraction in carve.items():
+            n = int(round(fraction * len(df)))
             take = order[start : start + n]
             start += n
             if split in needed:
@@ -168,9 +256,15 @@ def load_splits(cfg, multi_label: bool, needed: Sequence[str] = SPLITS) -> Dict[
             keep = np.sort(order[start:])
             tables["train"] = to_table(df.iloc[keep], source, cfg, multi_label, rows[keep])
     for split in needed:
-        if split not in tables and getattr(cfg, split) is not None:
+        if split not in tables and cfg[split] is not None:
             source, df = read(split)
             tables[split] = to_table(df, source, cfg, multi_label)
+    for split in needed:
+        if split not in tables:
+            log.info("%s: none (no file given, and data.split carves none)", split)
+            continue
+        rest = f" (rest of it after carving {', '.join(carve)})" if split == "train" and carve else ""
+        log.info("%s: %d rows from %s%s", split, len(tables[split].texts), tables[split].source, rest)
     return tables
 
 

@@ -5,21 +5,22 @@
 Writes metrics.json (accuracy, precision/recall/F1 micro, macro and per class),
 predictions.jsonl, and confusion_matrix.png (single-label) or pr_curves.png (multi-label).
 """
+import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from launcher.dist import Runtime, autocast_dtype
-from recipes import data, metrics
+from recipes import data, metrics, storage
 from recipes.checkpoint import RunDir
 from recipes.errors import RecipeError
-from recipes.model import attn_implementation, load_trained, task_of, thresholds_of
+from recipes.model import attn_implementation, load_trained, model_dir_of, task_of, thresholds_of
 
 log = logging.getLogger("text_recipes")
 
@@ -59,38 +60,55 @@ def score(logits: np.ndarray, y: np.ndarray, labels: List[str], multi_label: boo
     }
 
 
+OUTPUTS = ("metrics.json", "predictions.jsonl", "confusion_matrix.png", "pr_curves.png")
+
+
+def default_output_dir(model_dir: str, cfg) -> str:
+    """<run>/eval-<data>-<split>-<hash>: evaluations on other data or splits never share a directory."""
+    inputs = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), cfg.split], sort_keys=True)
+    digest = hashlib.sha1(inputs.encode()).hexdigest()[:8]
+    return storage.join(storage.parent(model_dir), f"eval-{cfg.data.name}-{cfg.split}-{digest}")
+
+
+def check_output_dir(run: RunDir, overwrite: bool) -> None:
+    names = [n for n in run.entries() if not n.startswith(".")]  # temp files of an interrupted evaluation
+    foreign = sorted(set(names) - set(OUTPUTS))
+    if foreign:
+        raise RecipeError(f"output_dir {run.url}: holds other files ({', '.join(foreign[:3])}); use a new or empty directory")
+    if "metrics.json" in names and not overwrite:
+        raise RecipeError(f"output_dir {run.url}: holds an earlier evaluation; pass overwrite=true to replace it, or another output_dir")
+
+
 def evaluate(cfg, rt: Runtime) -> dict:
-    run = RunDir(cfg.output_dir or str(Path(str(cfg.checkpoint).rstrip("/")).parent / f"eval-{cfg.data.name}-{cfg.split}"))
-    if cfg.split not in data.SPLITS:
-        raise RecipeError(f"split={cfg.split!r}: expected one of {', '.join(data.SPLITS)}")
+    model_dir = model_dir_of(str(cfg.checkpoint))
+    run = RunDir(cfg.output_dir or default_output_dir(model_dir, cfg))
+    check_output_dir(run, cfg.overwrite)
+    run.check_writable()
     dtype = autocast_dtype(cfg.precision, rt.device)
-    model, tokenizer = load_trained(cfg.checkpoint, attn_implementation(None, rt.device, dtype))
-    if rt.is_main:
-        run.ensure_writable()
+    model, tokenizer = load_trained(model_dir, attn_implementation(None, rt.device, dtype))
     model.to(rt.device)
     multi = task_of(model.config) == "multi_label"
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     tables = data.load_splits(cfg.data, multi, needed=(cfg.split,))
     if cfg.split not in tables:
-        raise RecipeError(f"data.{cfg.split}: no {cfg.split} split in data={cfg.data.name} (give data.{cfg.split}=path or a data.split fraction)")
+        raise RecipeError(f"data.{cfg.split}: no {cfg.split} split in data={cfg.data.name} (give data.{cfg.split}=path, or set data.split to carve it out of train)")
     table = tables[cfg.split]
     encoded = data.encode(table, tokenizer, {l: i for i, l in enumerate(labels)}, tokenizer.model_max_length, multi)
     logits = predict(model, encoded, rt, cfg.batch_size, dtype, tokenizer.pad_token_id)
     y = encoded.labels.numpy()
     thresholds = thresholds_of(model.config).numpy() if multi else None
-    result = {"checkpoint": str(cfg.checkpoint), "data": table.source, "examples": len(y), **score(logits, y, labels, multi, None, thresholds)}
+    result = {"checkpoint": model_dir, "data": table.source, "examples": len(y), **score(logits, y, labels, multi, None, thresholds)}
     if not rt.is_main:
         return result
+    run.create()
     if multi:
         probs = 1 / (1 + np.exp(-logits))
-        metrics.plot_pr_curves(probs, y, labels, str(run.path("pr_curves.png")))
-        run.publish("pr_curves.png")
+        run.write("pr_curves.png", lambda path: metrics.plot_pr_curves(probs, y, labels, path))
         preds = [[labels[j] for j in np.flatnonzero(p >= thresholds)] for p in probs]
         scores = [{labels[j]: round(float(v), 5) for j, v in enumerate(p)} for p in probs]
     else:
         probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
-        metrics.plot_confusion(logits, y, labels, str(run.path("confusion_matrix.png")))
-        run.publish("confusion_matrix.png")
+        run.write("confusion_matrix.png", lambda path: metrics.plot_confusion(logits, y, labels, path))
         preds = [labels[j] for j in probs.argmax(-1)]
         scores = [{labels[j]: round(float(v), 5) for j, v in enumerate(p)} for p in probs]
     lines = []
@@ -100,7 +118,7 @@ def evaluate(cfg, rt: Runtime) -> dict:
             row["text_pair"] = table.pairs[i]
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
     run.write_text("predictions.jsonl", "".join(lines))
-    run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
+    run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")  # last: marks the evaluation complete
     log.info("%s on %s (%d examples): %s", cfg.split, table.source, len(y), metrics.headline(result))
     print(f"metrics:     {run.uri('metrics.json')}\npredictions: {run.uri('predictions.jsonl')}")
     return result

@@ -3,6 +3,7 @@ import os
 from typing import Dict, List, Optional
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
@@ -33,13 +34,27 @@ def _resolve(name_or_path: str) -> str:
 def _from_pretrained(cls, name_or_path: str, **kwargs):
     try:
         return cls.from_pretrained(_resolve(name_or_path), **kwargs)
-    except OSError as e:  # Hub unreachable, unknown id, missing files
-        raise RecipeError(f"model {name_or_path}: cannot load ({str(e).strip().splitlines()[0]})") from None
+    except (OSError, ValueError, SafetensorError) as e:  # offline Hub, unknown id, missing or damaged files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"model {name_or_path}: cannot load ({reason})") from None
+
+
+def model_dir_of(path: str) -> str:
+    """A trained model directory: `path` itself, or `path`/model when `path` is the run directory."""
+    if not storage.exists(storage.join(path, "config.json")) and storage.exists(storage.join(path, "model", "config.json")):
+        return storage.join(path, "model")
+    return path
 
 
 def load_tokenizer(name_or_path: str, max_length: Optional[int] = None):
     tokenizer = _from_pretrained(AutoTokenizer, name_or_path)
     if max_length:
+        config = _from_pretrained(AutoConfig, name_or_path)
+        # RoBERTa-style models offset positions by the padding index: two positions fewer
+        limit = getattr(config, "max_position_embeddings", None)
+        limit = limit - 2 if limit and "roberta" in config.model_type else limit
+        if limit and max_length > limit:
+            raise RecipeError(f"model.max_length={max_length}: {name_or_path} has {limit} positions; expected at most {limit}")
         tokenizer.model_max_length = max_length  # saved with the model, so evaluation truncates the same way
     return tokenizer
 

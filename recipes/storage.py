@@ -23,6 +23,17 @@ def join(base: str, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *parts]) if is_remote(base) else str(Path(base, *parts))
 
 
+def parent(path: str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[0] if is_remote(path) else str(Path(path).parent)
+
+
+def exists(path: str) -> bool:
+    if not is_remote(path):
+        return Path(path).exists()
+    fs, p = fsspec.core.url_to_fs(path)
+    return fs.exists(p)
+
+
 def read_bytes(path: str) -> bytes:
     with fsspec.open(path, "rb", compression="infer") as f:
         return f.read()

@@ -33,7 +33,6 @@ from recipes.evaluate import predict, score
 from recipes.model import attn_implementation, load_pretrained, load_tokenizer, set_dropout, use_cpu_dropout
 
 log = logging.getLogger("text_recipes")
-METRICS = ("accuracy", "f1_micro", "f1_macro", "precision_micro", "precision_macro", "recall_micro", "recall_macro", "loss")
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -81,8 +80,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_model(model, tokenizer, run: checkpoint.RunDir, thresholds=None) -> None:
-    """Write model/ (weights, config with label maps and thresholds, tokenizer) atomically."""
+def save_model(model, tokenizer, run: checkpoint.RunDir, data_cfg, thresholds=None) -> None:
+    """Write model/ (weights, config with label maps, thresholds and input columns, tokenizer) atomically."""
+    # batch inference reads the same columns by default
+    model.config.text_recipes = {"text_column": data_cfg.text_column, "text_pair_column": data_cfg.text_pair_column}
     if thresholds is not None:
         model.config.label_thresholds = {model.config.id2label[i]: float(t) for i, t in enumerate(thresholds)}
     tmp = run.path("model.tmp")
@@ -95,21 +96,11 @@ def save_model(model, tokenizer, run: checkpoint.RunDir, thresholds=None) -> Non
 
 def train(cfg, rt: Runtime) -> dict:
     tc = cfg.trainer
-    if cfg.task.type not in ("single_label", "multi_label"):
-        raise RecipeError(f"task.type={cfg.task.type!r}: expected single_label or multi_label")
     multi = cfg.task.type == "multi_label"
-    if cfg.task.metric not in METRICS:
-        raise RecipeError(f"task.metric={cfg.task.metric!r}: expected one of {', '.join(METRICS)}")
     run = checkpoint.RunDir(cfg.output_dir)
-    for key in ("batch_size", "eval_batch_size", "grad_accum_steps", "log_every", "keep_checkpoints"):
-        if tc[key] < 1:
-            raise RecipeError(f"trainer.{key}={tc[key]}: must be at least 1")
-    if cfg.model.dropout is not None and not 0 <= cfg.model.dropout < 1:
-        raise RecipeError(f"model.dropout={cfg.model.dropout}: expected a probability in [0, 1), or null for the model's own")
-    if tc.max_steps <= 0 and tc.epochs < 1:
-        raise RecipeError(f"trainer.epochs={tc.epochs}: must be at least 1 (or set trainer.max_steps)")
-    if rt.is_main:
-        run.ensure_writable()
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    checkpoint.check_run_dir(run, config_yaml)
+    run.check_writable()
 
     # ---- data and model
     tables = data.load_splits(cfg.data, multi, needed=("train", "validation"))
@@ -156,7 +147,8 @@ def train(cfg, rt: Runtime) -> dict:
     else:
         seed_everything(tc.seed + rt.rank)  # distinct dropout masks per rank
     if rt.is_main:
-        run.write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        run.create()
+        run.write_text("config.yaml", config_yaml)
         log.info(
             "%d train / %s validation examples, %d labels, %d steps (%d per epoch), %s on %s x%d",
             len(train_data.lengths), len(val_data.lengths) if val_data else 0, len(labels), total_steps,
@@ -180,7 +172,7 @@ def train(cfg, rt: Runtime) -> dict:
         if improved:
             state.update(best=value, best_step=step, bad_evals=0, best_metrics=result)
             if rt.is_main:
-                save_model(model, tokenizer, run, result.get("thresholds"))
+                save_model(model, tokenizer, run, cfg.data, result.get("thresholds"))
         else:
             state["bad_evals"] += 1
         if rt.is_main:
@@ -261,9 +253,8 @@ def train(cfg, rt: Runtime) -> dict:
     }
     if rt.is_main:
         if val_data is None:
-            save_model(model, tokenizer, run)
-        metrics.plot_training_curve(state["history"], cfg.task.metric, str(run.path("training_curve.png")))
-        run.publish("training_curve.png")
+            save_model(model, tokenizer, run, cfg.data)
+        run.write("training_curve.png", lambda path: metrics.plot_training_curve(state["history"], cfg.task.metric, path))
         run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
         writer.close()
         run.publish("tb")

@@ -8,6 +8,7 @@ import yaml
 from torchx.runner import get_runner
 from torchx.specs import AppDef, macros
 from torchx.specs.builders import materialize_appdef
+from torchx.specs.finder import ComponentValidationException
 
 from components.evaluate import evaluate
 from components.train import train
@@ -24,7 +25,7 @@ def test_train_single_node_uses_free_local_port_and_forwards_overrides():
     app = train("data=files", "data.train=a.csv", nproc_per_node=2, output_dir="gs://bucket/run")
     args = torchrun_args(app)
     assert args[: args.index("run.py")] == [
-        "torchrun", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--rdzv_id", macros.app_id,
+        "python3", "-m", "launcher.elastic", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--rdzv_id", macros.app_id,
         "--nnodes", "1", "--nproc_per_node", "2", "--tee", "3",
     ]
     assert args[args.index("run.py"):] == ["run.py", "train", "data=files", "data.train=a.csv", "output_dir=gs://bucket/run"]
@@ -50,10 +51,43 @@ def test_evaluate_appdef():
     assert args[args.index("run.py"):] == ["run.py", "evaluate", "data=rte", "checkpoint=outputs/run/model", "split=validation"]
 
 
-def test_secrets_are_refused_in_env():
-    with pytest.raises(ValueError, match="HF_TOKEN"):
-        train(env={"HF_TOKEN": "hf_abc123"})
-    assert train(env={"HF_HUB_OFFLINE": "1"}).roles[0].env["HF_HUB_OFFLINE"] == "1"
+@pytest.mark.parametrize("key", ["HF_TOKEN", "GITHUB_PAT", "OPENAI_KEY", "HF_AUTH", "DB_PASS", "MY_PASSWORD", "AWS_SECRET_ACCESS_KEY",
+                                 "GOOGLE_APPLICATION_CREDENTIALS", "OAUTH_CLIENT", "api_key"])
+def test_secrets_are_refused_in_env(key):
+    with pytest.raises(ComponentValidationException, match=key) as e:
+        train(env={key: "hunter2-secret"})
+    assert "hunter2" not in str(e.value)
+
+
+def test_secret_values_are_refused_whatever_the_key():
+    with pytest.raises(ComponentValidationException, match="MY_SETTING"):
+        train(env={"MY_SETTING": "hf_" + "a1B2" * 9})
+
+
+def test_ordinary_env_passes():
+    env = train(env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH_EXTRA": "x", "KEYBOARD": "us"}).roles[0].env
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TOKENIZERS_PARALLELISM"] == "false" and env["PYTHONUNBUFFERED"] == "1"
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"cpu": -1}, "--cpu"), ({"gpu": -1}, "--gpu"), ({"memMB": 0}, "--memMB"), ({"nnodes": 0}, "--nnodes"),
+    ({"nproc_per_node": 0}, "--nproc_per_node"), ({"rdzv_port": 70000}, "--rdzv_port"), ({"name": "My Job!"}, "--name"),
+    ({"name": "a" * 40}, "--name"),
+])
+def test_bad_component_arguments_fail_when_the_appdef_is_built(kwargs, needle):
+    with pytest.raises(ComponentValidationException, match=needle):
+        train(**kwargs)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("trainer.lernrate=1", "trainer.lernrate"), ("trainer.batch_size=abc", "trainer.batch_size"),
+    ("trainer.group_size=0", "trainer.group_size"), ("+foo=1", "foo"), ("model=nope", "model=nope"),
+])
+def test_bad_overrides_fail_when_the_appdef_is_built(override, needle):
+    with pytest.raises(ComponentValidationException, match=needle):
+        train(override)
+    with pytest.raises(ComponentValidationException, match="split"):
+        evaluate(checkpoint="run/model", split="dev")
 
 
 def dryrun(app: AppDef, scheduler: str, cfg: dict) -> str:

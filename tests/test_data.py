@@ -143,7 +143,7 @@ def test_not_utf8_names_line(tmp_path):
 def test_csv_parse_error_is_a_recipe_error(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("text,label\nfine,a\ntoo,many,fields,here\n")
-    with pytest.raises(RecipeError, match=r"t\.csv: cannot parse as csv"):
+    with pytest.raises(RecipeError, match=r"t\.csv line 3: 4 fields, expected 2 \(text, label\)"):
         data.read_file(str(path), make_cfg())
 
 
@@ -279,12 +279,21 @@ def test_split_test_alone_matches_full_load(train_only):
     assert val_alone["validation"].rows == full["validation"].rows
 
 
-def test_split_files_win_over_carving(train_only, tmp_path):
+def test_given_files_are_used_whole(train_only, tmp_path):
     test_path = tmp_path / "test.csv"
     pd.DataFrame(ROWS).to_csv(test_path, index=False)
     tables = data.load_splits(make_cfg(train=train_only, test=str(test_path)), multi_label=False)
     assert tables["test"].texts == [r["text"] for r in ROWS] and tables["test"].rows == [1, 2, 3]
-    assert len(tables["validation"].rows) == 30 and len(tables["train"].rows) == 170
+    assert "validation" not in tables and len(tables["train"].rows) == 200  # nothing carved off silently
+    tables = data.load_splits(make_cfg(train=train_only, validation=str(test_path)), multi_label=False)
+    assert "test" not in tables and len(tables["train"].rows) == 200
+
+
+def test_explicit_split_carves_validation_beside_a_test_file(train_only, tmp_path):
+    test_path = tmp_path / "test.csv"
+    pd.DataFrame(ROWS).to_csv(test_path, index=False)
+    tables = data.load_splits(make_cfg(train=train_only, test=str(test_path), split=[0.8, 0.2, 0.0]), multi_label=False)
+    assert len(tables["validation"].rows) == 40 and len(tables["train"].rows) == 160 and tables["test"].rows == [1, 2, 3]
 
 
 def test_zero_fraction_is_not_carved(train_only):
@@ -293,11 +302,22 @@ def test_zero_fraction_is_not_carved(train_only):
     assert len(tables["train"].rows) == 180
 
 
-def test_no_train_file_and_bad_split():
-    with pytest.raises(RecipeError, match="data.train"):
-        data.load_splits(make_cfg(), multi_label=False)
-    with pytest.raises(RecipeError, match="data.split"):
-        data.load_splits(make_cfg(train="x.csv", split=[0.5, 0.5]), multi_label=False)
+@pytest.mark.parametrize("overrides, needle", [
+    ({}, "data.train"),
+    ({"train": "x.csv", "split": [0.5, 0.5]}, "three non-negative"),
+    ({"train": "x.csv", "split": [0.5, 0.2, 0.1]}, "sum to 1"),
+    ({"train": "x.csv", "split": [1.2, -0.2, 0.0]}, "three non-negative"),
+    ({"train": "x.csv", "validation": "v.csv", "split": [0.9, 0.1, 0.0]}, "data.validation is given as a file"),
+    ({"train": "x.csv", "column_names": ["text", "text"], "header": False}, "distinct"),
+    ({"train": "x.jsonl", "column_names": ["text", "label"]}, "csv/tsv files only"),
+    ({"train": "x.csv", "header": False}, "data.column_names"),
+    ({"train": "x.csv", "label_column": "text"}, "data.label_column"),
+])
+def test_data_config_checks(overrides, needle):
+    from recipes.checks import check_data
+
+    with pytest.raises(RecipeError, match=needle):
+        check_data(make_cfg(**overrides))
 
 
 # ---- encoding and collating

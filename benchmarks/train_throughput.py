@@ -38,18 +38,12 @@ def read_tsv(path: Path) -> pd.DataFrame:
 
 
 def recipe_config(train_file: Path, dev_file: Path, seed: int, out: Path, overrides):
-    from hydra import compose, initialize_config_dir
+    from launcher.compose import compose
 
-    from launcher.main import register_resolvers
-    from recipes.config import register
-
-    register()
-    register_resolvers()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "data=sst2", f"data.train={train_file}", f"data.validation={dev_file}", "trainer.epochs=1",
-            "trainer.batch_size=32", f"trainer.seed={seed}", f"output_dir={out}", *SETTINGS, *overrides,
-        ])
+    cfg = compose("train", [
+        "data=sst2", f"data.train={train_file}", f"data.validation={dev_file}", "trainer.epochs=1",
+        "trainer.batch_size=32", f"trainer.seed={seed}", f"output_dir={out}", *SETTINGS, *overrides,
+    ])
     OmegaConf.resolve(cfg)  # no custom resolvers needed where it runs
     return cfg
 

@@ -43,7 +43,7 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def init_runtime(device: str = "auto") -> Runtime:
+def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
     """Reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE); gloo on CPU, nccl on CUDA."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -54,10 +54,10 @@ def init_runtime(device: str = "auto") -> Runtime:
         import importlib.util
 
         if importlib.util.find_spec("torch_xla") is None:
-            raise RecipeError("device=tpu: torch_xla is not installed (it needs torch 2.9: pip install '.[tpu]' in its own environment)")
-        raise RecipeError("device=tpu: the recipes run on cpu or cuda in this version; expected auto, cpu or cuda")
+            raise RecipeError(f"{key}=tpu: torch_xla is not installed (it needs torch 2.9: pip install '.[tpu]' in its own environment)")
+        raise RecipeError(f"{key}=tpu: the recipes run on cpu or cuda in this version; expected auto, cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RecipeError("device=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); use device=auto or cpu")
+        raise RecipeError(f"{key}=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); use device=auto or cpu")
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

@@ -47,7 +47,7 @@ def _run(command: str, cfg) -> None:
         return
     from launcher.dist import init_runtime
 
-    rt = init_runtime(cfg.trainer.device if command == "train" else cfg.device)
+    rt = init_runtime(cfg.trainer.device, "trainer.device") if command == "train" else init_runtime(cfg.device)
     try:
         getattr(importlib.import_module(f"recipes.{command}"), command)(cfg, rt)
     finally:

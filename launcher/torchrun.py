@@ -3,12 +3,15 @@
 Arguments are checked when the AppDef is built, so a typo fails at `torchx run --dryrun` or
 submit time, not after the job has waited for cluster nodes.
 """
+import argparse
 import re
 import shlex
 from typing import Dict, List, Optional
 
 from torchx import specs
 from torchx.components.dist import _noquote
+from torchx.specs import builders
+from torchx.specs.file_linter import TorchXArgumentHelpFormatter
 from torchx.specs.finder import ComponentValidationException
 
 from launcher.compose import compose
@@ -26,6 +29,24 @@ HOW_TO_PASS_SECRETS = (
 )
 # Kubernetes object and label names, Slurm job names: the job's pods add "-<role>-<n>-0" to it.
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,34}[a-z0-9])?$")
+
+
+class _HelpFormatter(TorchXArgumentHelpFormatter):
+    """TorchX's --help, but the trailing Hydra overrides read as what they are: optional, named `overrides`.
+
+    argparse marks every REMAINDER positional required, and TorchX prints that as "(required)".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == argparse.REMAINDER:
+            return (action.help or "") + " (optional)"
+        return super()._get_help_string(action)
+
+    def _get_default_metavar_for_positional(self, action: argparse.Action) -> str:
+        return action.dest
+
+
+builders.TorchXArgumentHelpFormatter = _HelpFormatter  # read when a component's parser is built
 
 
 def _fail(message: str) -> None:

@@ -103,10 +103,10 @@ def train(cfg, rt: Runtime) -> dict:
     run.check_writable()
 
     # ---- data and model
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.max_length)
     tables = data.load_splits(cfg.data, multi, needed=("train", "validation"))
     labels = data.label_set(tables["train"], multi)
     label2id = {l: i for i, l in enumerate(labels)}
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.max_length)
     train_data = data.encode(tables["train"], tokenizer, label2id, cfg.model.max_length, multi)
     val_data = data.encode(tables["validation"], tokenizer, label2id, cfg.model.max_length, multi) if "validation" in tables else None
 

@@ -31,7 +31,12 @@ def _pkgdir(package: str, sub: str = "") -> str:
     return str(Path(spec.submodule_search_locations[0], sub))
 
 
+def _required(key: str, what: str) -> None:
+    raise RecipeError(f"{key}: required; set {key}=<{what}>")
+
+
 RESOLVERS = {
+    "required": _required,  # a key a config group must be given
     "pkgdir": _pkgdir,  # a directory inside an installed package, e.g. a packaged model
     "repo": lambda path: str(ROOT / path),  # a file shipped with this project
     "sanitize": lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-"),
@@ -50,13 +55,14 @@ def compose(command: str, overrides: Sequence[str]) -> DictConfig:
     except Exception as e:  # Hydra wraps OmegaConf's errors: report the cause in one line
         raise RecipeError(_composition_error(e, command)) from None
     _reject_unknown_keys(cfg, SCHEMAS[command], "")
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise RecipeError(f"{missing[0]}: required; set {missing[0]}=...")
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise RecipeError(f"{missing[0]}: required; set {missing[0]}=...")
         CHECKS[command](cfg)
-    except OmegaConfBaseException as e:  # an interpolation that does not resolve
-        raise RecipeError(_first_line(getattr(e, "msg", None) or str(e))) from None
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve; a resolver's own error as is
+        msg = re.sub(r"^RecipeError raised while resolving interpolation: ", "", getattr(e, "msg", None) or str(e))
+        raise RecipeError(_first_line(msg)) from None
     return cfg
 
 

@@ -57,9 +57,11 @@ def _run(command: str, cfg) -> None:
 def main(argv=None) -> None:
     args = list(sys.argv[1:] if argv is None else argv[1:])
     verbose = "--verbose" in args or os.environ.get("TEXT_RECIPES_VERBOSE", "") not in ("", "0")
-    if not args or args[0] not in COMMANDS or args[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if args else sys.stderr)
+        sys.exit(0 if args else 2)
+    if args[0] not in COMMANDS:
+        _fail(f"unknown command {args[0]!r}; expected one of {', '.join(COMMANDS)} (python run.py --help)", 2, False)
     command, rest = args[0], [a for a in args[1:] if a != "--verbose"]
     show = "--cfg" in rest
     if show:

@@ -64,10 +64,17 @@ def check_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
     return env
 
 
-def check_job(name: str, nnodes: int, nproc_per_node: int, cpu: int, gpu: int, memMB: int, ports: Dict[str, int]) -> None:
+def check_job(name: str, nnodes: int, nproc_per_node: int, cpu: int, gpu: int, memMB: int, ports: Dict[str, int],
+              h: Optional[str] = None, max_retries: int = 0) -> None:
     if not _NAME.match(name):
         _fail(f"--name {name!r}: use 1-36 lowercase letters, digits and '-', starting with a letter (Kubernetes and Slurm job names)")
-    for arg, value, least in (("nnodes", nnodes, 1), ("nproc_per_node", nproc_per_node, 1), ("cpu", cpu, 1), ("gpu", gpu, 0), ("memMB", memMB, 1)):
+    if h is not None:
+        try:
+            specs.named_resources[h]
+        except KeyError:
+            _fail(f"-h {h}: not a registered named resource (see the torchx.named_resources entry points)")
+    for arg, value, least in (("nnodes", nnodes, 1), ("nproc_per_node", nproc_per_node, 1), ("cpu", cpu, 1), ("gpu", gpu, 0),
+                              ("memMB", memMB, 1), ("max_retries", max_retries, 0)):
         if value < least:
             _fail(f"--{arg}={value}: must be at least {least}")
     for arg, port in ports.items():
@@ -102,7 +109,7 @@ def recipe_app(
     max_retries: int,
     rdzv_port: int,
 ) -> specs.AppDef:
-    check_job(name, nnodes, nproc_per_node, cpu, gpu, memMB, {"rdzv_port": rdzv_port})
+    check_job(name, nnodes, nproc_per_node, cpu, gpu, memMB, {"rdzv_port": rdzv_port}, h, max_retries)
     env = check_env(env)
     check_overrides(command, overrides)
     # one node: a free port on localhost; several: c10d store on the rank-0 host, as in torchx's dist.ddp

@@ -25,6 +25,8 @@ class RunDir:
     def __init__(self, url: str):
         self.url = url
         self.remote = storage.is_remote(url)
+        if self.remote:
+            storage.check_url(url, "output_dir")
         self.local = storage.staging_dir(url) if self.remote else Path(url)
 
     def path(self, *parts: str) -> Path:

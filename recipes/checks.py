@@ -8,6 +8,8 @@ import math
 from pathlib import PurePosixPath
 from typing import Any, Callable, Dict, Optional
 
+from omegaconf import OmegaConf
+
 from recipes.errors import RecipeError
 
 SPLITS = ("train", "validation", "test")
@@ -36,6 +38,8 @@ def _one_of(node, prefix: str, key: str, choices) -> None:
 
 
 def check_model(m) -> None:
+    if not OmegaConf.is_interpolation(m, "name_or_path"):  # resolved where the job runs (an installed package)
+        require(str(m.name_or_path).strip() != "", "model.name_or_path", m.name_or_path, "expected a Hub id, a model directory or a gs:// URL")
     _at_least(m, "model.", "max_length", 8)
     require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "expected a probability in [0, 1), or null for the model's own")
     require(m.attn_implementation in (None, *ATTENTION), "model.attn_implementation", m.attn_implementation,

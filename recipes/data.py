@@ -98,12 +98,14 @@ def _read_delimited(text: str, source: str, fmt: str, cfg) -> pd.DataFrame:
     sep = "\t" if fmt == "tsv" else ","
     # GLUE-style TSV: quotes are text
     reader = csv.reader(io.StringIO(text), delimiter=sep, quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-    rows, lines = [], []
+    rows, lines = [], []  # lines: where each row starts (a quoted field may span lines)
     try:
+        start = 1
         for row in reader:
             if row:  # blank lines
                 rows.append(row)
-                lines.append(reader.line_num)
+                lines.append(start)
+            start = reader.line_num + 1
     except csv.Error as e:
         raise RecipeError(f"{source} line {reader.line_num}: cannot parse as {fmt} ({e})") from None
     if cfg.header:
@@ -116,7 +118,7 @@ def _read_delimited(text: str, source: str, fmt: str, cfg) -> pd.DataFrame:
             raise RecipeError(f"{source} row 1: looks like a header ({', '.join(first)}), but data.header=false; set data.header=true")
     for row, line in zip(rows, lines):
         if len(row) != len(names):
-            what = "tabs" if fmt == "tsv" else "commas (quote them)"
+            what = "tabs" if fmt == "tsv" else "commas (quote them), or a quote left open"
             raise RecipeError(f"{source} line {line}: {len(row)} fields, expected {len(names)} ({', '.join(names)}); fields with {what}?")
     return pd.DataFrame(rows, columns=names, dtype=str)
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import fsspec
 
+from recipes.errors import RecipeError
+
 CACHE = Path(os.environ.get("TEXT_RECIPES_CACHE", Path.home() / ".cache" / "text-recipes"))
 
 
@@ -25,6 +27,16 @@ def join(base: str, *parts: str) -> str:
 
 def parent(path: str) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[0] if is_remote(path) else str(Path(path).parent)
+
+
+def check_url(url: str, key: str) -> None:
+    """A remote URL whose filesystem fsspec knows and can load (gs:// needs gcsfs)."""
+    try:
+        fsspec.core.url_to_fs(url)
+    except ValueError as e:  # "Protocol not known: foo"
+        raise RecipeError(f"{key}={url}: {e}; use a local path or an fsspec URL such as gs://bucket/dir") from None
+    except ImportError as e:
+        raise RecipeError(f"{key}={url}: needs {e.name or 'another package'} (pip install -e '.[gcs]' for gs://)") from None
 
 
 def exists(path: str) -> bool:

@@ -1,0 +1,63 @@
+"""A trained classifier ready for inference at a given precision, and its forward pass over length-sorted batches."""
+import warnings
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from launcher.dist import autocast_dtype
+from recipes.errors import RecipeError
+from recipes.model import attn_implementation, load_trained
+
+
+def resolve_precision(precision: str, device: torch.device) -> Tuple[str, torch.dtype]:
+    """(precision name, autocast dtype): `auto` follows training's rule, bf16 only where it is faster."""
+    if precision == "int8":
+        if device.type != "cpu":
+            raise RecipeError("precision=int8: dynamic quantization runs on CPU only; use auto, bf16 or fp32 on GPUs")
+        return "int8", torch.float32
+    dtype = autocast_dtype(precision, device)
+    return ("bf16" if dtype == torch.bfloat16 else "fp32"), dtype
+
+
+def load_for_inference(model_dir: str, precision: str, device: torch.device):
+    """(model in eval mode on `device`, precision name, autocast dtype). int8: linear layers dynamically quantized."""
+    name, dtype = resolve_precision(precision, device)
+    model, _ = load_trained(model_dir, attn_implementation(None, device, dtype))
+    model.eval().to(device)
+    if name == "int8":
+        with warnings.catch_warnings():  # torch deprecates quantized tensors in favour of torchao; still the fastest here
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model, name, dtype
+
+
+def _pad(seqs: Sequence[np.ndarray], width: int, value: int) -> torch.Tensor:
+    out = np.full((len(seqs), width), value, dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        out[row, : len(seq)] = seq
+    return torch.from_numpy(out)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]],
+    batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype,
+) -> np.ndarray:
+    """Logits in input order; batches are cut from the rows sorted by length, so they pad little."""
+    lengths = np.array([len(x) for x in input_ids], dtype=np.int64)
+    out = np.empty((len(lengths), model.config.num_labels), dtype=np.float32)
+    order = np.argsort(-lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx].max())
+        batch = {
+            "input_ids": _pad([input_ids[i] for i in idx], width, pad_id),
+            "attention_mask": (torch.arange(width)[None, :] < torch.from_numpy(lengths[idx])[:, None]).long(),
+        }
+        if token_type_ids is not None:
+            batch["token_type_ids"] = _pad([token_type_ids[i] for i in idx], width, 0)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+        out[idx] = logits.float().cpu().numpy()
+    return out

@@ -9,9 +9,11 @@ outputs/). The input is 2,000 papers that training did not see. In one run:
         (recipes.infer_predict), at fp32, int8 and (where the CPU multiplies bf16 faster) bf16
     (d) python run.py infer with 2 actors x 1 thread and 1 actor x 2 threads, at auto and int8
 
+    (e) the batch_infer component under `torchx run -s local_cwd`, 1 vs 2 replicas (one Ray node each)
+
 Rates count tokenization and prediction. For run.py infer, "end to end" is the whole command
-(Ray start, model loading, writing); "pipeline" excludes starting Ray. Agreement: rows whose
-predicted label set (labels at or above the saved thresholds) equals the fp32 loop's.
+(Ray start, model loading, writing); "pipeline" excludes starting Ray. Agreement with the fp32
+loop: of the row x label decisions (label at or above its saved threshold), and of whole label sets.
 
     python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~20 min on 2 cores
 """
@@ -93,11 +95,16 @@ def loop(model_dir: str, titles, abstracts, precision: str):
     return rate, 1 / (1 + np.exp(-logits)), name
 
 
-def batch_infer(model_dir: str, src: Path, out: Path, overrides):
-    """(end-to-end rows/s, pipeline rows/s, {id: label set}, precision) of `python run.py infer`."""
+def batch_infer(model_dir: str, src: Path, out: Path, overrides, replicas: int = 0):
+    """(end-to-end rows/s, pipeline rows/s, {id: label set}, precision) of `python run.py infer`,
+    or of the batch_infer component on `replicas` local_cwd replicas."""
     import pandas as pd
 
     cmd = [sys.executable, str(ROOT / "run.py"), "infer", f"model_dir={model_dir}", f"input={src}", f"output={out}", "overwrite=true", *overrides]
+    if replicas:
+        cmd = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd", "components/infer.py:batch_infer",
+               "--nnodes", str(replicas), "--cpu", str(max(1, os.cpu_count() // replicas)), "--model", model_dir,
+               "--input", str(src), "--output", str(out), "--", "overwrite=true", *overrides]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -136,10 +143,15 @@ def main() -> None:
     ids, titles, abstracts = load_rows(src)
     results = []
 
-    def record(run, rate, precision, agreement=None, pipeline_rate=None):
+    def record(run, rate, precision, sets=None, pipeline_rate=None):
+        """`sets`: {id: predicted label set}, compared with the fp32 loop's."""
+        agree = {}
+        if sets is not None:
+            one_hot = lambda s: np.array([[l in s[i] for l in labels] for i in ids])  # noqa: E731
+            agree = {"decision_agreement_with_fp32": round(float((one_hot(sets) == one_hot(reference)).mean()), 5),
+                     "label_set_agreement_with_fp32": round(float(np.mean([sets[i] == reference[i] for i in ids])), 4)}
         results.append({"run": run, "precision": precision, "rows_per_s": round(rate, 1),
-                        "pipeline_rows_per_s": None if pipeline_rate is None else round(pipeline_rate, 1),
-                        "agreement_with_fp32": None if agreement is None else round(agreement, 4)})
+                        "pipeline_rows_per_s": None if pipeline_rate is None else round(pipeline_rate, 1), **agree})
         print(json.dumps(results[-1]), flush=True)
 
     n = args.pipeline_rows
@@ -148,22 +160,24 @@ def main() -> None:
     reference = None
     for precision in ["fp32", "int8"] + (["bf16"] if cpu_bf16_is_faster() else []):
         rate, probs, name = loop(model_dir, titles, abstracts, precision)
-        sets = label_sets(probs, labels, thresholds)
-        reference = reference or dict(zip(ids, sets))
-        record("in-process loop, sorted by length, batch 64", rate, name, np.mean([reference[i] == s for i, s in zip(ids, sets)]))
+        sets = dict(zip(ids, label_sets(probs, labels, thresholds)))
+        reference = reference or sets
+        record("in-process loop, sorted by length, batch 64", rate, name, sets)
     for precision in ("auto", "int8"):
         for actors, threads in ((2, 1), (1, 2)):
             e2e, pipe_rate, got, name = batch_infer(model_dir, src, work / "out", [f"precision={precision}", f"actors={actors}",
                                                                                f"threads_per_actor={threads}"])
-            record(f"run.py infer, {actors} actor(s) x {threads} thread(s)", e2e, name,
-                   np.mean([got[i] == reference[i] for i in ids]), pipe_rate)
+            record(f"run.py infer, {actors} actor(s) x {threads} thread(s)", e2e, name, got, pipe_rate)
+    for replicas in (1, 2):
+        e2e, pipe_rate, got, name = batch_infer(model_dir, src, work / "out", ["precision=auto"], replicas=replicas)
+        record(f"torchx batch_infer, {replicas} replica(s)", e2e, name, got, pipe_rate)
     out = {"cpu": _cpu(), "model": model_dir, "rows": len(ids), "labels": len(labels), "results": results}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
-    print("\n| run | precision | rows/s | rows/s excl. Ray start | label sets = fp32 |\n|---|---|---|---|---|")
+    print("\n| run | precision | rows/s | rows/s excl. Ray start | decisions = fp32 | label sets = fp32 |\n|---|---|---|---|---|---|")
     for r in results:
-        cells = ["" if r[k] is None else r[k] for k in ("pipeline_rows_per_s", "agreement_with_fp32")]
-        print(f"| {r['run']} | {r['precision']} | {r['rows_per_s']} | {cells[0]} | {cells[1]} |")
+        cells = ["" if r.get(k) is None else r[k] for k in ("pipeline_rows_per_s", "decision_agreement_with_fp32", "label_set_agreement_with_fp32")]
+        print(f"| {r['run']} | {r['precision']} | {r['rows_per_s']} | {' | '.join(map(str, cells))} |")
     plot(results, Path(args.results).with_suffix(".png"), out["cpu"])
 
 

@@ -4,6 +4,7 @@
 builds the AppDef fails at `torchx run --dryrun` time, not after the job waited for nodes.
 """
 import dataclasses
+import math
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -55,6 +56,7 @@ def compose(command: str, overrides: Sequence[str]) -> DictConfig:
     except Exception as e:  # Hydra wraps OmegaConf's errors: report the cause in one line
         raise RecipeError(_composition_error(e, command)) from None
     _reject_unknown_keys(cfg, SCHEMAS[command], "")
+    _reject_non_finite(OmegaConf.to_container(cfg, resolve=False), "")
     try:
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
@@ -117,6 +119,16 @@ def _reject_unknown_keys(node: DictConfig, schema, prefix: str) -> None:
             raise RecipeError(f"{full}: unknown key; keys of {prefix.rstrip('.') or 'the config'}: {', '.join(fields)}")
         if dataclasses.is_dataclass(fields[key].type):
             _reject_unknown_keys(node[key], fields[key].type, f"{full}.")
+
+
+def _reject_non_finite(tree, prefix: str) -> None:
+    """inf and nan pass every range check (nan compares false both ways): no setting takes them."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else []
+    for key, value in items:
+        full = f"{prefix}.{key}".lstrip(".") if isinstance(tree, dict) else f"{prefix}[{key}]"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"{full}={value}: expected a finite number")
+        _reject_non_finite(value, full)
 
 
 def _first_line(text: Optional[str]) -> str:

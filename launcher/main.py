@@ -57,7 +57,7 @@ def _run(command: str, cfg) -> None:
 def main(argv=None) -> None:
     args = list(sys.argv[1:] if argv is None else argv[1:])
     verbose = "--verbose" in args or os.environ.get("TEXT_RECIPES_VERBOSE", "") not in ("", "0")
-    if not args or args[0] in ("-h", "--help"):
+    if not args or "-h" in args or "--help" in args:
         print(USAGE, file=sys.stdout if args else sys.stderr)
         sys.exit(0 if args else 2)
     if args[0] not in COMMANDS:
@@ -70,6 +70,8 @@ def main(argv=None) -> None:
             _fail("--cfg: expected --cfg job", 2, False)
         del rest[at : at + 2]
     resolve = "--resolve" in rest
+    if resolve and not show:
+        _fail("--resolve goes with --cfg job (python run.py train --cfg job --resolve)", 2, False)
     rest = [a for a in rest if a != "--resolve"]
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:

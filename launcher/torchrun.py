@@ -17,12 +17,14 @@ from torchx.specs.finder import ComponentValidationException
 from launcher.compose import compose
 from recipes.errors import RecipeError
 
-# Words in an env key that mark a secret (HF_TOKEN, GITHUB_PAT, OPENAI_KEY, DB_PASS, HF_AUTH, ...).
+# Env keys that name secrets: *TOKEN*, *SECRET*, *PASS*, *AUTH*, *CREDENTIAL*, *PRIVATE*, *APIKEY*, *KEY, *PAT.
 # A secret put in `env` is written into the AppDef, the scheduler's request, dryruns and sbatch scripts.
-_SECRET_WORD = re.compile(r"TOKEN|SECRETS?|PASS\w*|PASSWD|KEY|APIKEY|ACCESSKEY|PAT|O?AUTH\w*|CREDENTIALS?|PRIVATE|COOKIE")
-# Values that are secrets whatever their key: Hugging Face, GitHub, OpenAI, AWS, Google keys.
-_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,})")
-_NOT_SECRET = {"RAY_AUTH_MODE"}  # says which auth is used, holds none
+_SECRET_KEY = re.compile(r"TOKEN|SECRET|PASS|AUTH|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|COOKIE|KEY$|PAT$")
+# Values that are secrets whatever their key: Hugging Face, GitHub, OpenAI, AWS, Google keys, bearer tokens,
+# passwords inside URLs.
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}"
+                           r"|AIza[0-9A-Za-z_-]{30,}|Bearer\s+\S{8,})|://[^/\s:@]+:[^/\s@]+@")
+_NOT_SECRET = {"TOKENIZERS_PARALLELISM", "RAY_AUTH_MODE"}  # settings, holding no secret
 HOW_TO_PASS_SECRETS = (
     "export it in the launching shell instead (local_cwd and slurm pass the environment through; "
     "on Kubernetes use a Secret)"
@@ -57,8 +59,7 @@ def _fail(message: str) -> None:
 def check_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
     env = dict(env or {})
     for key, value in env.items():
-        words = re.split(r"[^A-Z0-9]+", key.upper())
-        if key.upper() not in _NOT_SECRET and (any(_SECRET_WORD.fullmatch(w) for w in words) or _SECRET_VALUE.match(str(value))):
+        if key.upper() not in _NOT_SECRET and _SECRET_KEY.search(key.upper()) or _SECRET_VALUE.search(str(value).strip()):
             _fail(f"--env {key}: looks like a secret and would be stored in the job definition; {HOW_TO_PASS_SECRETS}")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

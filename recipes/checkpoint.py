@@ -23,11 +23,11 @@ class RunDir:
     """The run's output directory. Writers use `local`; `publish` copies finished files to a remote URL."""
 
     def __init__(self, url: str):
-        self.url = url
         self.remote = storage.is_remote(url)
+        self.url = url if self.remote else os.path.expanduser(url)
         if self.remote:
             storage.check_url(url, "output_dir")
-        self.local = storage.staging_dir(url) if self.remote else Path(url)
+        self.local = storage.staging_dir(url) if self.remote else Path(self.url)
 
     def path(self, *parts: str) -> Path:
         return self.local.joinpath(*parts)
@@ -90,6 +90,8 @@ def check_run_dir(run: RunDir, config_yaml: str) -> None:
         return
     if "config.yaml" not in names:
         raise RecipeError(f"output_dir {run.url}: not empty and not a text-recipes run (no config.yaml); use a new or empty directory")
+    if not _steps(run) and "model" not in names:
+        return  # stopped before its first checkpoint: nothing to resume, so any config may start afresh
     old, new = _flat(yaml.safe_load(run.read_text("config.yaml"))), _flat(yaml.safe_load(config_yaml))
     changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in MAY_CHANGE_ON_RESUME]
     if changed:

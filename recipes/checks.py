@@ -58,8 +58,9 @@ def data_format(fmt: Optional[str], path: Optional[str]) -> Optional[str]:
 
 def check_data(d, needed=SPLITS) -> None:
     require(d.format is None or d.format in FORMATS, "data.format", d.format, f"expected null (from the file extension) or one of {', '.join(FORMATS)}")
-    if d.hub_id is None:
-        require(d.train is not None, "data.train", None, "no training file given (set data.train=path/to/file)")
+    carves = d.split is not None or (d.validation is None and d.test is None)
+    if d.hub_id is None and ("train" in needed or carves and any(d[s] is None for s in needed)):
+        require(d.train is not None, "data.train", "null", "no training file given (set data.train=path/to/file)")
     for split in SPLITS:
         value = d[split]
         require(value is None or str(value).strip() != "", f"data.{split}", value, "expected a file path, URL or Hub split name, or null")
@@ -72,7 +73,7 @@ def check_data(d, needed=SPLITS) -> None:
         for s in given:
             require(fractions[SPLITS.index(s)] == 0, "data.split", fractions,
                     f"data.{s} is given as a file, so its fraction must be 0 (given files are used whole)")
-    _at_least(d, "data.", "split_seed", 0)
+    require(0 <= d.split_seed < 2**32, "data.split_seed", d.split_seed, "expected an integer from 0 to 2**32 - 1")
     for key in ("text_column", "label_column"):
         require(bool(str(d[key]).strip()), f"data.{key}", d[key], "expected a column name")
     require(d.text_pair_column is None or d.text_pair_column != d.text_column, "data.text_pair_column", d.text_pair_column,
@@ -108,7 +109,7 @@ def check_optim(o) -> None:
 
 
 def check_trainer(t) -> None:
-    _at_least(t, "trainer.", "seed", 0)
+    require(0 <= t.seed < 2**32, "trainer.seed", t.seed, "expected an integer from 0 to 2**32 - 1")
     require(t.max_steps == -1 or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "expected -1 (run trainer.epochs) or at least 1")
     if t.max_steps == -1:
         _at_least(t, "trainer.", "epochs", 1)

@@ -3,9 +3,7 @@ import csv
 import io
 import json
 import logging
-import lzma
 import numbers
-import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -32,23 +30,6 @@ def detect_format(source: str, fmt: Optional[str]) -> str:
     return found
 
 
-def _read_bytes(source: str) -> bytes:
-    try:
-        return storage.read_bytes(source)
-    except FileNotFoundError:
-        raise RecipeError(f"{source}: file not found") from None
-    except IsADirectoryError:
-        raise RecipeError(f"{source}: is a directory; expected a data file") from None
-    except PermissionError:
-        raise RecipeError(f"{source}: permission denied") from None
-    except ImportError as e:
-        raise RecipeError(f"{source}: {e.name or 'a package'} is needed to read it (pip install -e '.[gcs]' for gs://)") from None
-    except ValueError as e:  # fsspec: "Protocol not known: foo"
-        raise RecipeError(f"{source}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/file") from None
-    except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # not gzip/xz/..., truncated archive
-        raise RecipeError(f"{source}: cannot read ({str(e) or type(e).__name__}); is it really what its extension says?") from None
-
-
 def _decode(raw: bytes, source: str) -> str:
     try:
         return raw.decode("utf-8-sig")
@@ -60,7 +41,8 @@ def _decode(raw: bytes, source: str) -> str:
 def read_file(source: str, cfg) -> pd.DataFrame:
     """One table from a local path or fsspec URL, as written: no type guessing, no renamed columns."""
     fmt = detect_format(source, cfg.format)
-    raw = _read_bytes(source)
+    with storage.reading(source):
+        raw = storage.read_bytes(source)
     if fmt == "parquet":
         try:
             table = pq.read_table(io.BytesIO(raw))

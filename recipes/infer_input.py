@@ -18,6 +18,7 @@ from fsspec.compression import compr
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import infer_compression
 
+from recipes import storage
 from recipes.checks import data_format
 from recipes.errors import RecipeError
 
@@ -116,16 +117,8 @@ def _check_columns(url: str, present: Sequence[str], columns: Columns) -> Option
 
 def _open(url: str):
     """(raw file, decompressed stream): progress is counted in raw bytes."""
-    try:
+    with storage.reading(url):
         raw = fsspec.open(url, "rb").open()
-    except FileNotFoundError:
-        raise RecipeError(f"{url}: file not found") from None
-    except IsADirectoryError:
-        raise RecipeError(f"{url}: is a directory; expected a data file") from None
-    except PermissionError:
-        raise RecipeError(f"{url}: permission denied") from None
-    except OSError as e:
-        raise RecipeError(f"{url}: cannot read ({e})") from None
     comp = infer_compression(url)
     return raw, (compr[comp](raw, mode="rb") if comp else raw)
 

@@ -46,7 +46,14 @@ def model_dir_of(path: str) -> str:
     return path
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(name_or_path: str, max_length: Optional[int] = None):
+    path = os.path.expanduser(name_or_path)
+    # without its files AutoTokenizer builds an empty vocabulary and every text becomes [UNK]s
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise RecipeError(f"model {name_or_path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the tokenizer with the model")
     tokenizer = _from_pretrained(AutoTokenizer, name_or_path)
     if max_length:
         config = _from_pretrained(AutoConfig, name_or_path)

@@ -4,11 +4,15 @@ A run directory may be remote. The recipe then works in a local staging director
 uploads finished files, so every writer (torch.save, save_pretrained, TensorBoard,
 matplotlib) only ever sees local paths.
 """
+import contextlib
 import hashlib
+import lzma
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
+from typing import Iterator
 
 import fsspec
 
@@ -44,6 +48,25 @@ def exists(path: str) -> bool:
         return Path(path).exists()
     fs, p = fsspec.core.url_to_fs(path)
     return fs.exists(p)
+
+
+@contextlib.contextmanager
+def reading(source: str) -> Iterator[None]:
+    """Opening or reading `source` fails with one line that says why."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise RecipeError(f"{source}: file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{source}: is a directory; expected a data file") from None
+    except PermissionError:
+        raise RecipeError(f"{source}: permission denied") from None
+    except ImportError as e:
+        raise RecipeError(f"{source}: {e.name or 'a package'} is needed to read it (pip install -e '.[gcs]' for gs://)") from None
+    except ValueError as e:  # fsspec: "Protocol not known: foo"
+        raise RecipeError(f"{source}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/file") from None
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # not gzip/xz/..., truncated archive
+        raise RecipeError(f"{source}: cannot read ({str(e) or type(e).__name__}); is it really what its extension says?") from None
 
 
 def read_bytes(path: str) -> bytes:

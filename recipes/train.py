@@ -146,6 +146,11 @@ def train(cfg, rt: Runtime) -> dict:
             log.info("resuming %s from step %d", run.url, state["step"])
     else:
         seed_everything(tc.seed + rt.rank)  # distinct dropout masks per rank
+    if ckpt is not None and (state["step"] >= total_steps or state.get("stopped")) and "metrics.json" in run.entries():
+        if rt.is_main:  # a finished run relaunched: its outputs stay as they are
+            log.info("%s finished at step %d: nothing to do", run.url, state["step"])
+            print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")
+        return json.loads(run.read_text("metrics.json"))
     if rt.is_main:
         run.create()
         run.write_text("config.yaml", config_yaml)

@@ -52,16 +52,18 @@ def test_evaluate_appdef():
 
 
 @pytest.mark.parametrize("key", ["HF_TOKEN", "GITHUB_PAT", "OPENAI_KEY", "HF_AUTH", "DB_PASS", "MY_PASSWORD", "AWS_SECRET_ACCESS_KEY",
-                                 "GOOGLE_APPLICATION_CREDENTIALS", "OAUTH_CLIENT", "api_key"])
+                                 "GOOGLE_APPLICATION_CREDENTIALS", "OAUTH_CLIENT", "api_key", "HFTOKEN", "DBPASSWORD", "WANDBKEY"])
 def test_secrets_are_refused_in_env(key):
     with pytest.raises(ComponentValidationException, match=key) as e:
         train(env={key: "hunter2-secret"})
     assert "hunter2" not in str(e.value)
 
 
-def test_secret_values_are_refused_whatever_the_key():
-    with pytest.raises(ComponentValidationException, match="MY_SETTING"):
-        train(env={"MY_SETTING": "hf_" + "a1B2" * 9})
+@pytest.mark.parametrize("value", ["hf_" + "a1B2" * 9, " ghp_" + "x" * 36, "Bearer eyJhbGciOiJIUzI1NiJ9", "https://me:hunter2@db.example/x"])
+def test_secret_values_are_refused_whatever_the_key(value):
+    with pytest.raises(ComponentValidationException, match="MY_SETTING") as e:
+        train(env={"MY_SETTING": value})
+    assert value.strip() not in str(e.value)
 
 
 def test_ordinary_env_passes():

@@ -154,6 +154,9 @@ def test_relaunch_with_another_config_is_refused_and_evaluations_never_overwrite
     assert (run / "config.yaml").read_bytes() == config
     assert run_cli("train", *train_args, "trainer.max_steps=2", "trainer.log_every=1").returncode == 0  # same run: resumes
 
+    # only the test file: evaluation needs no training data
+    alone = run_cli("evaluate", f"checkpoint={run}/model", "data=files", f"data.test={tiny_data['test']}", f"output_dir={tmp_path / 'e0'}")
+    assert alone.returncode == 0, alone.stderr[-2000:]
     base = ["data=files", f"data.train={tiny_data['train']}"]
     # the run directory stands for its model/
     assert run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}").returncode == 0

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional
 from omegaconf import OmegaConf
 
 from recipes.errors import RecipeError
+from recipes.infer_config import check as check_infer
 
 SPLITS = ("train", "validation", "test")
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -145,10 +146,4 @@ def check_evaluate(cfg) -> None:
     check_output_dir(cfg.output_dir)
 
 
-def _check_infer(cfg) -> None:
-    from recipes.infer_config import check
-
-    check(cfg)
-
-
-CHECKS: Dict[str, Callable] = {"train": check_train, "evaluate": check_evaluate, "infer": _check_infer}
+CHECKS: Dict[str, Callable] = {"train": check_train, "evaluate": check_evaluate, "infer": check_infer}

@@ -134,7 +134,7 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from launcher.dist import cpu_bf16_is_faster
+    from recipes.runtime import cpu_bf16_is_faster
     from recipes.model import thresholds_of
 
     config = AutoConfig.from_pretrained(model_dir)

@@ -54,7 +54,7 @@ def in_fresh_process(fn, *args) -> dict:
 
 
 def run_recipe(cfg) -> dict:
-    from launcher.dist import init_runtime
+    from recipes.runtime import init_runtime
     from recipes.train import train
 
     result = train(cfg, init_runtime("cpu"))
@@ -97,7 +97,7 @@ def run_hf_trainer(cfg, train_df, dev_df, strategy: str, out: Path) -> dict:
 def machine() -> dict:
     import transformers
 
-    from launcher.dist import cpu_bf16_is_faster
+    from recipes.runtime import cpu_bf16_is_faster
 
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown")

@@ -45,7 +45,7 @@ def _run(command: str, cfg) -> None:
 
         infer(cfg)
         return
-    from launcher.dist import init_runtime
+    from recipes.runtime import init_runtime
 
     rt = init_runtime(cfg.trainer.device, "trainer.device") if command == "train" else init_runtime(cfg.device)
     try:

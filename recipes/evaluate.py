@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from launcher.dist import Runtime, autocast_dtype
+from recipes.runtime import Runtime, autocast_dtype
 from recipes import data, metrics, storage
 from recipes.checkpoint import RunDir
 from recipes.errors import RecipeError

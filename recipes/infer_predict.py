@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from launcher.dist import autocast_dtype
+from recipes.runtime import autocast_dtype
 from recipes.errors import RecipeError
 from recipes.model import attn_implementation, load_trained
 

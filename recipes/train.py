@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
-from launcher.dist import Runtime, autocast_dtype
+from recipes.runtime import Runtime, autocast_dtype
 from recipes import checkpoint, data, metrics
 from recipes.storage import replace_dir
 from recipes.errors import RecipeError

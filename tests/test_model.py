@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from launcher import dist
+from recipes import runtime
 from recipes.model import CPUDropout, set_dropout, use_cpu_dropout
 from recipes.train import clip_gradients
 
@@ -78,11 +78,11 @@ def test_clip_gradients_matches_clip_grad_norm(scale):
 
 
 def test_auto_precision_is_fp32_on_cpus_without_native_bf16(monkeypatch):
-    dist.cpu_bf16_is_faster.cache_clear()
+    runtime.cpu_bf16_is_faster.cache_clear()
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert dist.autocast_dtype("auto", torch.device("cpu")) == torch.float32
-    dist.cpu_bf16_is_faster.cache_clear()
+    assert runtime.autocast_dtype("auto", torch.device("cpu")) == torch.float32
+    runtime.cpu_bf16_is_faster.cache_clear()
 
 
 def test_auto_precision_follows_the_measurement_on_cpus_with_bf16(monkeypatch):
@@ -95,8 +95,8 @@ def test_auto_precision_follows_the_measurement_on_cpus_with_bf16(monkeypatch):
             time.sleep(0.01 if a.dtype == slow else 0.001)
 
         monkeypatch.setattr(torch.nn.functional, "linear", linear)
-        dist.cpu_bf16_is_faster.cache_clear()
-        assert dist.autocast_dtype("auto", torch.device("cpu")) == expected
-    dist.cpu_bf16_is_faster.cache_clear()
-    assert dist.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
-    assert dist.autocast_dtype("fp32", torch.device("cpu")) == torch.float32
+        runtime.cpu_bf16_is_faster.cache_clear()
+        assert runtime.autocast_dtype("auto", torch.device("cpu")) == expected
+    runtime.cpu_bf16_is_faster.cache_clear()
+    assert runtime.autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    assert runtime.autocast_dtype("fp32", torch.device("cpu")) == torch.float32

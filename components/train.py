@@ -37,7 +37,7 @@ def train(
         nnodes: number of hosts (replicas); more than one uses c10d rendezvous on the rank-0 host
         nproc_per_node: processes per host (usually the GPUs per host; on CPU, DDP over gloo)
         output_dir: run directory, local path or gs:// URL (default: conf/train.yaml's output_dir,
-            outputs/<model>-<data>)
+            outputs/<model>-<data>, with -<n>procs for n > 1 processes)
         image: container image (docker/kubernetes); local_cwd and slurm run the current directory
         cpu: CPUs per replica
         gpu: GPUs per replica

@@ -5,6 +5,7 @@ builds the AppDef fails at `torchx run --dryrun` time, not after the job waited 
 """
 import dataclasses
 import math
+import os
 import re
 from pathlib import Path
 from typing import Optional, Sequence
@@ -41,6 +42,8 @@ RESOLVERS = {
     "pkgdir": _pkgdir,  # a directory inside an installed package, e.g. a packaged model
     "repo": lambda path: str(ROOT / path),  # a file shipped with this project
     "sanitize": lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-"),
+    # "-<n>procs" under torchrun with n > 1 processes: runs of different sizes cannot share checkpoints
+    "procs_suffix": lambda: "" if int(os.environ.get("WORLD_SIZE", "1")) <= 1 else f"-{os.environ['WORLD_SIZE']}procs",
 }
 
 

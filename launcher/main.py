@@ -12,7 +12,7 @@ import traceback
 from omegaconf import OmegaConf
 
 from launcher.compose import compose
-from recipes.errors import RecipeError
+from recipes.errors import PREEMPTED, Preempted, RecipeError
 
 COMMANDS = ("train", "evaluate", "infer")
 USAGE = f"""usage: python run.py {{{','.join(COMMANDS)}}} [key=value ...] [--cfg job [--resolve]] [--verbose]
@@ -85,6 +85,8 @@ def main(argv=None) -> None:
         _run(command, cfg)
     except RecipeError as e:
         _fail(str(e), 2, verbose)
+    except Preempted as e:
+        _fail(f"stopped: {e}", PREEMPTED, False)
     except KeyboardInterrupt:
         _fail("interrupted", 130, verbose)
     except Exception as e:  # a failure during work: still one line, the traceback on request

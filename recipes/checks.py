@@ -97,6 +97,7 @@ def check_task(t) -> None:
     _one_of(t, "task.", "type", TASKS)
     _one_of(t, "task.", "metric", METRICS)
     require(0 < t.threshold < 1, "task.threshold", t.threshold, "expected a probability in (0, 1)")
+    require(t.tune_min_positives >= 1, "task.tune_min_positives", t.tune_min_positives, "expected at least 1")
 
 
 def check_optim(o) -> None:

@@ -47,6 +47,7 @@ class TaskConfig:
     metric: str = MISSING  # validation metric that picks the best checkpoint ("loss" is minimised)
     threshold: float = MISSING  # multi-label decision threshold before tuning
     tune_thresholds: bool = MISSING  # multi-label: tune one threshold per label on validation
+    tune_min_positives: int = MISSING  # labels with fewer validation positives keep `threshold`
 
 
 @dataclass

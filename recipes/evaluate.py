@@ -52,7 +52,8 @@ def score(logits: np.ndarray, y: np.ndarray, labels: List[str], multi_label: boo
         return {"loss": float(F.cross_entropy(t_logits, t_y)), **metrics.single_label(logits, y, labels)}
     probs = torch.sigmoid(t_logits).numpy()
     if thresholds is None:
-        thresholds = metrics.tune_thresholds(probs, y, task.threshold) if task.tune_thresholds else np.full(len(labels), task.threshold)
+        thresholds = (metrics.tune_thresholds(probs, y, task.threshold, task.tune_min_positives) if task.tune_thresholds
+                      else np.full(len(labels), task.threshold))
     return {
         "loss": float(F.binary_cross_entropy_with_logits(t_logits, t_y.float())),
         **metrics.multi_label(probs, y, labels, thresholds),

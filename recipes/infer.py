@@ -98,6 +98,9 @@ def ray_session():
     ctx.enable_progress_bars = False  # the driver's own bar shows rows/s and ETA
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
+    # every unit (one encoded input block, a few KB and up) its own Ray block: merged into one, a read task's units
+    # would all go to one actor; a repartition would need a whole CPU per task, which 2-core nodes lack beside the actors
+    ctx.target_max_block_size = 1
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)  # "token authentication is enabled"
     for handler in logging.getLogger("ray.data").handlers:  # errors end as one line (--verbose: traceback); Ray Data's log file keeps all
         if isinstance(handler, logging.StreamHandler):
@@ -187,7 +190,8 @@ def _run(cfg, files, columns, max_length, config, tokenizer, local_model, out, m
     actors = _pool_size(cfg)
     read_spec = ReadSpec(columns, cfg.block_rows, max_length, cfg.strict, config.problem_type, ray.put(tokenizer))
     predict_spec = PredictSpec(
-        cfg.model_dir, local_model, cfg.precision, cfg.gpus_per_actor > 0, cfg.threads_per_actor, cfg.batch_size,
+        cfg.model_dir, local_model, cfg.precision, cfg.gpus_per_actor > 0, cfg.threads_per_actor,
+        cfg.batch_size or (64 if cfg.gpus_per_actor > 0 else 16),
         config.problem_type, head, columns.id or "id", cfg.output, cfg.output_format,
     )
     ds = ray.data.read_datasource(
@@ -198,7 +202,8 @@ def _run(cfg, files, columns, max_length, config, tokenizer, local_model, out, m
     )
     ds = ds.map_batches(
         Predictor, fn_constructor_kwargs={"spec": predict_spec}, batch_size=1, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+        # one block in flight per actor: a block waits for an idle actor instead of queueing behind a busy one
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1), num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
     )
     total = sum(f.size for f in files)
     done_bytes = sum(m["bytes"] for m in markers.values())
@@ -242,13 +247,18 @@ def infer(cfg) -> dict:
         pipeline_start = time.time()
         _run(cfg, files, columns, max_length, config, tokenizer, local_model, out, markers)
         pipeline_seconds = time.time() - pipeline_start
-    counts = totals(committed(out))
+    after = committed(out)
+    counts = totals(after)
+    this_run = [m for name, m in after.items() if name not in markers]
     skipped = counts["rows"] - counts["predicted"]
     manifest = {
         "model_dir": cfg.model_dir, "input": cfg.input, "files": len(files), **counts, "skipped": skipped,
         "output_format": cfg.output_format, "seconds": round(time.time() - start, 1),
         "pipeline_seconds": round(pipeline_seconds, 1),  # this run's Ray pipeline: actors' model loading, reading, predicting
     }
+    if this_run:  # from the first block an actor began to the last one committed: the rate once models are loaded
+        manifest["predict_seconds"] = round(max(m["ended"] for m in this_run) - min(m["started"] for m in this_run), 1)
+        manifest["actors_used"] = len({m["actor"] for m in this_run})
     finish(out, manifest)
     bad = ", ".join(f"{reason} {n}" for reason, n in counts["bad_rows"].items())
     print(f"output: {cfg.output}\nrows:   {counts['predicted']} predicted, {skipped} skipped" + (f" (bad rows: {bad}; see _errors.jsonl)" if bad else ""))

@@ -34,7 +34,7 @@ class InferConfig:
     strict: bool = MISSING  # a bad row ends the job instead of being counted and skipped
     overwrite: bool = MISSING  # replace what another job left in output
     precision: str = MISSING  # auto, fp32, bf16 or int8 (CPU: dynamic quantization of the linear layers)
-    batch_size: int = MISSING  # rows per forward pass
+    batch_size: Optional[int] = MISSING  # rows per forward pass; null: 16 on CPU, 64 on GPUs
     block_rows: int = MISSING  # input rows per output shard: the unit that is sorted by length and committed
     actors: Optional[int] = MISSING  # predictor actors; null: one per gpus_per_actor GPUs, or per threads_per_actor CPUs
     gpus_per_actor: float = MISSING  # the component's --gpu; 0: predict on CPU
@@ -66,8 +66,9 @@ def check(cfg) -> None:
     _require(cfg.precision in PRECISIONS, "precision", cfg.precision, f"expected one of {', '.join(PRECISIONS)}")
     _require(not (cfg.precision == "int8" and cfg.gpus_per_actor > 0), "precision", cfg.precision,
              "int8 (dynamic quantization) runs on CPU only; use auto, bf16 or fp32 with gpus_per_actor > 0")
-    for key in ("top_k", "batch_size", "block_rows", "threads_per_actor"):
+    for key in ("top_k", "block_rows", "threads_per_actor"):
         _require(cfg[key] >= 1, key, cfg[key], "must be at least 1")
+    _require(cfg.batch_size is None or cfg.batch_size >= 1, "batch_size", cfg.batch_size, "expected null (by device) or at least 1")
     _require(cfg.actors is None or cfg.actors >= 1, "actors", cfg.actors, "expected null (from the cluster's resources) or at least 1")
     _require(cfg.gpus_per_actor >= 0, "gpus_per_actor", cfg.gpus_per_actor, "must be >= 0")
     _require(cfg.cpus_per_actor > 0, "cpus_per_actor", cfg.cpus_per_actor, "must be > 0 (fractions allowed)")

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Optional
@@ -184,6 +185,7 @@ class Predictor:
         from recipes.infer_predict import predict_logits
 
         spec = self.spec
+        started = time.time()
         table = _unpack(unit["data"])
         skipped = table.column("skipped").to_numpy(zero_copy_only=False)
         good = np.flatnonzero(~skipped)
@@ -195,7 +197,8 @@ class Predictor:
         bad: Dict[str, int] = {}
         for e in errors:
             bad[e["reason"]] = bad.get(e["reason"], 0) + 1
-        summary = {"rows": unit["rows"], "predicted": len(good), "bad": bad, "bytes": unit["bytes"], "precision": self.precision}
+        summary = {"rows": unit["rows"], "predicted": len(good), "bad": bad, "bytes": unit["bytes"], "precision": self.precision,
+                   "started": started, "ended": time.time(), "actor": f"{socket.gethostname()}:{os.getpid()}"}
         commit_shard(self.out, unit["shard"], self._writer(predictions), spec.output_format, errors, summary)
         return {"shard": unit["shard"], **summary, "bad": json.dumps(bad)}
 

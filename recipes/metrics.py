@@ -34,14 +34,16 @@ def multi_label(probs: np.ndarray, y: np.ndarray, labels: List[str], thresholds:
     return {"accuracy": float((pred == y).all(1).mean()), **_prf(y.astype(int), pred, labels)}
 
 
-def tune_thresholds(probs: np.ndarray, y: np.ndarray, default: float) -> np.ndarray:
+def tune_thresholds(probs: np.ndarray, y: np.ndarray, default: float, min_positives: int = 1) -> np.ndarray:
     """Per label, the threshold that maximises that label's F1 on (validation) data.
 
-    Labels without a positive example keep `default`: there is nothing to tune on.
+    Labels with fewer than `min_positives` positive examples keep `default`: tuned on one or two
+    positives, the best F1 is often a threshold below hundreds of negatives, which then flood
+    every prediction with that label.
     """
     out = np.full(probs.shape[1], default, dtype=float)
     for j in range(probs.shape[1]):
-        if y[:, j].sum() == 0:
+        if y[:, j].sum() < max(1, min_positives):
             continue
         p, r, t = precision_recall_curve(y[:, j], probs[:, j])
         f1 = 2 * p[:-1] * r[:-1] / np.maximum(p[:-1] + r[:-1], 1e-12)

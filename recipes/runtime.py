@@ -1,6 +1,7 @@
 """Process-group bootstrap: the same recipe runs as 1 process or N torchrun workers."""
 import functools
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any, List
@@ -38,6 +39,14 @@ class Runtime:
         if self.distributed:
             dist.barrier()
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
@@ -66,6 +75,25 @@ def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Runtime(dev, rank, local_rank, world_size)
+
+
+class StopSignals:
+    """SIGTERM (preemption, scancel, the node going away) and SIGUSR1 (sent by Slurm's --signal before the
+    time limit) ask the training loop to finish its step, checkpoint and exit with PREEMPTED; the handler
+    only sets a flag, so a signal never interrupts a checkpoint half-written."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.received = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -25,10 +25,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
-from recipes.runtime import Runtime, autocast_dtype
+from recipes.runtime import Runtime, StopSignals, autocast_dtype
 from recipes import checkpoint, data, metrics
 from recipes.storage import replace_dir
-from recipes.errors import RecipeError
+from recipes.errors import Preempted, RecipeError
 from recipes.evaluate import predict, score
 from recipes.model import attn_implementation, load_pretrained, load_tokenizer, set_dropout, use_cpu_dropout
 
@@ -136,7 +136,8 @@ def train(cfg, rt: Runtime) -> dict:
         if ckpt["labels"] != labels:
             raise RecipeError(f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {labels}; use a new output_dir")
         if ckpt["world_size"] != rt.world_size:
-            raise RecipeError(f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes; resume with the same number")
+            raise RecipeError(f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes, this job has {rt.world_size}; "
+                              f"resume with {ckpt['world_size']} (nnodes x nproc_per_node), or start fresh with another output_dir")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -199,6 +200,7 @@ def train(cfg, rt: Runtime) -> dict:
         rt.barrier()
 
     # ---- the loop
+    signals = StopSignals()
     progress = tqdm(total=total_steps, initial=state["step"], disable=not rt.is_main, desc="train", unit="step",
                     mininterval=0.5 if sys.stderr.isatty() else 30)  # fewer lines in job logs
     train_seconds, samples, stop = 0.0, 0, state.get("stopped", False)
@@ -243,12 +245,19 @@ def train(cfg, rt: Runtime) -> dict:
                 if val_data is not None and (step % eval_every == 0 or end_of_epoch or last):
                     stop = evaluate(step)
                     model.train()
-                if step % save_every == 0 or end_of_epoch or last or stop:
+                preempted = rt.any(signals.received is not None)
+                if step % save_every == 0 or end_of_epoch or last or stop or preempted:
                     state["stopped"] = stop
                     save_checkpoint()
+                if preempted:
+                    progress.close()
+                    signals.restore()
+                    raise Preempted(f"{signals.received or 'a signal'} at step {step}: checkpoint saved in {run.url}; "
+                                    "the same command resumes from it")
                 if last or stop or end_of_epoch:
                     break
     progress.close()
+    signals.restore()
 
     # ---- outputs
     result = {

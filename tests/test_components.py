@@ -104,11 +104,23 @@ def test_local_cwd_dryrun_runs_run_py_in_cwd():
 
 def test_slurm_dryrun_two_nodes():
     app = materialize_appdef(train, ["--nnodes", "2", "--nproc_per_node", "4", "--gpu", "4", "--", "trainer.max_steps=500"])
-    script = get_runner().dryrun(app, "slurm", cfg={"partition": "gpu", "time": "2:00:00"}).request.materialize()
+    info = get_runner().dryrun(app, "slurm", cfg={"partition": "gpu", "time": "2:00:00", "gpu_request": "gres"})
+    script = info.request.materialize()
     assert "#SBATCH --job-name=train-0" in script and "#SBATCH hetjob" in script
-    assert "--partition=gpu" in script and "--gpus-per-task=4" in script
+    assert "--partition=gpu" in script and "--gpus-per-node=4" in script and "--exclusive" not in script
     assert script.count("run.py train trainer.max_steps=500") == 2
     assert "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:29500" in script
+    # logs appended across requeues, under outputs/slurm; SIGUSR1 before the time limit; exit 75 requeues
+    assert script.count("--kill-on-bad-exit=1 --open-mode=append") == 2 and "--output=outputs/slurm/slurm-%j.out" in " ".join(info.request.cmd)
+    assert "--error=outputs/slurm/slurm-\"$SLURM_JOB_ID\"-train-1.err" in script
+    assert script.count("--signal=USR1@120") == 2 and "-eq 75 ]" in script
+
+
+def test_slurm_gpus_without_gres_take_whole_nodes_and_named_resources_size_the_job():
+    app = materialize_appdef(train, ["-h", "slurm_h100_80gb_8", "--nproc_per_node", "8"])
+    script = get_runner().dryrun(app, "slurm", cfg={"gpu_request": "exclusive", "signal_seconds": 0}).request.materialize()
+    assert "--exclusive" in script and "gpus-per" not in script and "--signal" not in script
+    assert "--cpus-per-task=96" in script and f"--mem={8 * 120 * 1024}" in script
 
 
 def test_kubernetes_dryrun_manifest():

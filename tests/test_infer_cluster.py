@@ -126,9 +126,10 @@ def test_slurm_dryrun_two_nodes(secret_in_env, tmp_path):
     assert "#SBATCH --job-name=infer-0" in script and "#SBATCH --job-name=infer-1" in script and "#SBATCH hetjob" in script
     assert SECRET not in script and "RAY_AUTH_TOKEN" not in script
     # what each task runs: the script under bash, with an srun that prints its arguments
-    (tmp_path / "job.sh").write_text(script.replace("set -evx", "srun() { printf '%s\\n' \"$@\"; }", 1))
+    (tmp_path / "job.sh").write_text(script.replace("#!/bin/bash\n", "#!/bin/bash\nsrun() { printf '%s\\n' \"$@\"; }\n", 1))
+    (tmp_path / "outputs" / "slurm").mkdir(parents=True)
     srun = subprocess.run(["bash", str(tmp_path / "job.sh")], env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": "4242"},
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     tasks = [shlex.split(line) for line in srun.stdout.splitlines() if line.startswith("python3 -m launcher.ray_cluster")]
     assert len(tasks) == 2
     for replica, args in enumerate(tasks):

@@ -112,6 +112,16 @@ def test_tune_thresholds_separates_a_separable_label():
     assert m["accuracy"] == 1.0  # label b (probs < 0.42) is predicted nowhere
 
 
+def test_tune_thresholds_leaves_rare_labels_at_the_default():
+    # one positive, ranked below 50 negatives: its best F1 (2/52) would be at 0.05, predicting it for all 51 rows
+    probs = np.column_stack([np.r_[0.05, np.linspace(0.1, 0.3, 50)], np.r_[0.9, np.full(50, 0.1)]])
+    y = np.zeros((51, 2), int)
+    y[0] = 1
+    assert metrics.tune_thresholds(probs, y, default=0.5, min_positives=1)[0] == pytest.approx(0.05)
+    t = metrics.tune_thresholds(probs, y, default=0.5, min_positives=2)
+    assert t[0] == 0.5 and t[1] == 0.5
+
+
 def test_tune_thresholds_maximises_f1_when_not_separable():
     # column x of ML_PROBS: positives 0.9, 0.4; negatives 0.6, 0.1.
     # threshold 0.9 -> F1 2/3; 0.6 -> 1/2; 0.4 -> 0.8 (best); 0.1 -> 2/3
@@ -135,7 +145,7 @@ def test_score_single_label_loss_and_metrics():
 
 
 def test_score_multi_label_tunes_thresholds():
-    task = SimpleNamespace(threshold=0.5, tune_thresholds=True)
+    task = SimpleNamespace(threshold=0.5, tune_thresholds=True, tune_min_positives=1)
     result = score(logit(ML_PROBS), ML_Y, ML_LABELS, multi_label=True, task=task)
     assert len(result["thresholds"]) == 3
     assert result["thresholds"][0] == pytest.approx(0.4, abs=1e-5)  # tuned in probability space
@@ -146,14 +156,14 @@ def test_score_multi_label_tunes_thresholds():
 
 
 def test_score_multi_label_fixed_threshold_without_tuning():
-    task = SimpleNamespace(threshold=0.5, tune_thresholds=False)
+    task = SimpleNamespace(threshold=0.5, tune_thresholds=False, tune_min_positives=1)
     result = score(logit(ML_PROBS), ML_Y, ML_LABELS, multi_label=True, task=task)
     assert result["thresholds"] == [0.5, 0.5, 0.5]
     assert result["accuracy"] == pytest.approx(0.5)
 
 
 def test_score_multi_label_uses_given_thresholds():
-    task = SimpleNamespace(threshold=0.5, tune_thresholds=True)  # must not tune when thresholds are given
+    task = SimpleNamespace(threshold=0.5, tune_thresholds=True, tune_min_positives=1)  # must not tune when thresholds are given
     given = np.array([0.65, 0.5, 0.5])
     result = score(logit(ML_PROBS), ML_Y, ML_LABELS, multi_label=True, task=task, thresholds=given)
     assert result["thresholds"] == pytest.approx([0.65, 0.5, 0.5])

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 import torchx
 from torchx.schedulers import slurm_scheduler as base
 from torchx.schedulers.api import DescribeAppResponse, ListAppResponse, Stream, filter_regex, split_lines_iterator
-from torchx.specs import AppDef, AppState, ReplicaStatus, Role, RoleStatus, is_terminal, macros, runopts
+from torchx.specs import AppDef, AppState, InvalidRunConfigException, ReplicaStatus, Role, RoleStatus, is_terminal, macros, runopts
 
 from recipes.errors import PREEMPTED
 
@@ -142,7 +142,7 @@ class SlurmScheduler(base.SlurmScheduler):
     def _gpu_request(self, cfg) -> str:
         choice = cfg.get("gpu_request") or "auto"
         if choice not in ("auto", "gres", "exclusive"):
-            raise ValueError(f"gpu_request={choice!r}: expected auto, gres or exclusive")
+            raise InvalidRunConfigException(f"gpu_request={choice!r}: expected auto, gres or exclusive", "gpu_request", cfg)
         if choice != "auto":
             return choice
         partition = cfg.get("partition")

@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 from torchx.runner import get_runner
-from torchx.specs import AppDef, macros
+from torchx.specs import AppDef, InvalidRunConfigException, macros
 from torchx.specs.builders import materialize_appdef
 from torchx.specs.finder import ComponentValidationException
 
@@ -121,6 +121,8 @@ def test_slurm_gpus_without_gres_take_whole_nodes_and_named_resources_size_the_j
     script = get_runner().dryrun(app, "slurm", cfg={"gpu_request": "exclusive", "signal_seconds": 0}).request.materialize()
     assert "--exclusive" in script and "gpus-per" not in script and "--signal" not in script
     assert "--cpus-per-task=96" in script and f"--mem={8 * 120 * 1024}" in script
+    with pytest.raises(InvalidRunConfigException, match="gpu_request='bogus'"):
+        get_runner().dryrun(app, "slurm", cfg={"gpu_request": "bogus"})
 
 
 def test_kubernetes_dryrun_manifest():

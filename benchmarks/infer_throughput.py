@@ -195,15 +195,15 @@ def plot(results, path: Path, cpu: str) -> None:
     import matplotlib.pyplot as plt
 
     names = [f"{r['run']} [{r['precision']}]" for r in results]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1.6))
     ax.barh(names, [r["steady_rows_per_s"] or 0 for r in results], color="tab:blue", alpha=0.25, label="once models are loaded")
     ax.barh(names, [r["pipeline_rows_per_s"] or 0 for r in results], color="tab:blue", alpha=0.5, label="excluding Ray start")
-    ax.barh(names, [r["rows_per_s"] for r in results], color="tab:blue", label="end to end (loops, pipelines: as measured)")
+    ax.barh(names, [r["rows_per_s"] for r in results], color="tab:blue", label="end to end")
     ax.invert_yaxis()
     ax.set_xlabel("rows/s (2,000 arXiv title+abstract pairs, MiniLM-L6 multi-label)")
     ax.set_title(cpu, fontsize=9)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
 
 

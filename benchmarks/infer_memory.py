@@ -10,13 +10,14 @@ peak of their sum.
 """
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from machine import cpu_name  # benchmarks/, the script's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = "invoice refund parcel delivery courier crash error login screen update my the please help order again".split()
@@ -134,14 +135,7 @@ def main() -> None:
         print(f"{k} | " + " | ".join(str(r["peak_rss_mb_by_kind"].get(k, "-")) for r in results))
     print("all processes together | " + " | ".join(str(r["peak_rss_mb_all_processes"]) for r in results))
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(json.dumps({"cpu": _cpu(), "results": results}, indent=2) + "\n")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return f"x{os.cpu_count()}"
+    Path(args.results).write_text(json.dumps({"cpu": cpu_name(), "results": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_name  # benchmarks/, the script's own directory
+
 ROOT = Path(__file__).resolve().parents[1]
 LOOP_BATCH = 16  # batch_infer's CPU default: faster here than 32 or 64 (measured on this 2-core machine)
 sys.path.insert(0, str(ROOT))
@@ -176,7 +178,7 @@ def main() -> None:
     for replicas in (1, 2):
         e2e, pipe_rate, steady, got, name = batch_infer(model_dir, src, work / "out", ["precision=auto"], replicas=replicas)
         record(f"torchx batch_infer, {replicas} replica(s)", e2e, name, got, pipe_rate, steady)
-    out = {"cpu": _cpu(), "model": model_dir, "rows": len(ids), "labels": len(labels), "results": results}
+    out = {"cpu": cpu_name(), "model": model_dir, "rows": len(ids), "labels": len(labels), "results": results}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
     print("\n| run | precision | rows/s | excl. Ray start | once models are loaded | decisions = fp32 | label sets = fp32 |\n"
@@ -205,13 +207,6 @@ def plot(results, path: Path, cpu: str) -> None:
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=120)
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return f"{os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

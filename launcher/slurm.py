@@ -11,7 +11,6 @@ It is torchx 0.7.0's SlurmScheduler (one heterogeneous sbatch job, one group per
 Tested against Slurm 22.05 (Debian 12), with and without slurmdbd.
 """
 import csv
-import json
 import logging
 import os
 import re
@@ -119,6 +118,7 @@ class SlurmScheduler(base.SlurmScheduler):
         info = super()._submit_dryrun(app, cfg)
         req = info.request
         gpus = self._gpu_request(cfg)
+        signal_seconds = cfg.get("signal_seconds", SIGNAL_SECONDS)
         for name, replica in req.replicas.items():
             replica.srun_opts.update({
                 "output": f"{LOG_DIR}/slurm-{macros.app_id}-{name}.out",
@@ -131,8 +131,8 @@ class SlurmScheduler(base.SlurmScheduler):
                     replica.sbatch_opts["gpus-per-node"] = count
                 else:
                     replica.sbatch_opts["exclusive"] = None
-            if cfg.get("signal_seconds", SIGNAL_SECONDS):
-                replica.sbatch_opts["signal"] = f"USR1@{cfg.get('signal_seconds', SIGNAL_SECONDS)}"
+            if signal_seconds:
+                replica.sbatch_opts["signal"] = f"USR1@{signal_seconds}"
         req.cmd += [f"--output={LOG_DIR}/slurm-%j.out", "--open-mode=append"]
         request = BatchRequest(cmd=req.cmd, replicas=req.replicas, job_dir=req.job_dir, max_retries=req.max_retries)
         info.request = request

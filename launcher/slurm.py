@@ -158,11 +158,14 @@ class SlurmScheduler(base.SlurmScheduler):
 
     # ---- status
     def describe(self, app_id: str) -> Optional[DescribeAppResponse]:
+        """The first source that knows the job's roles (`torchx log` needs them); else the first that knows the job."""
+        known = None
         for source in (self._squeue, self._sacct, self._scontrol, self._exit_record):
             found = source(app_id)
-            if found is not None:
+            if found is not None and found.roles:
                 return found
-        return None
+            known = known or found
+        return known
 
     def _squeue(self, app_id: str) -> Optional[DescribeAppResponse]:
         # the plain format: squeue --json changed shape across 22.05, 23.02, 24.05 and 24.11

@@ -18,7 +18,7 @@ committed (the manifest's predict_seconds), the rate that matters for large inpu
 comparable with the loop, which excludes model loading too. Agreement with the fp32
 loop: of the row x label decisions (label at or above its saved threshold), and of whole label sets.
 
-    python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~20 min on 2 cores
+    python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~20 min on 2 cores (7 of them training, once)
 """
 import argparse
 import json
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="benchmark input rows")
     parser.add_argument("--pipeline-rows", type=int, default=500, help="rows for the (slow) HF pipeline baselines")
     parser.add_argument("--train-rows", type=int, default=12000)
-    parser.add_argument("--train-steps", type=int, default=500)
+    parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--train-override", nargs="*", default=[], help="more run.py train overrides, e.g. optim.lr=3e-4")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "infer" / "infer_throughput.json"))
     args = parser.parse_args()
@@ -141,11 +141,11 @@ def main() -> None:
     from transformers import AutoConfig
 
     from recipes.runtime import cpu_bf16_is_faster
-    from recipes.model import thresholds_of
+    from recipes.tasks.multi_label import MultiLabel
 
     config = AutoConfig.from_pretrained(model_dir)
     labels = [config.id2label[i] for i in range(config.num_labels)]
-    thresholds = thresholds_of(config).numpy()
+    thresholds = MultiLabel.from_model(config).thresholds
     ids, titles, abstracts = load_rows(src)
     results = []
 

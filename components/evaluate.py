@@ -14,9 +14,9 @@ def evaluate(
     output_dir: Optional[str] = None,
     nproc_per_node: int = 1,
     image: str = IMAGE,
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
@@ -33,12 +33,13 @@ def evaluate(
             (put them after ``--``)
         checkpoint: the trained model directory, local path or gs:// URL (e.g. outputs/minilm-support_tickets/model)
         split: which split of the data config to score: train, validation or test
-        output_dir: where results go (default: <checkpoint>/../eval-<data>-<split>)
+        output_dir: where results go (default: <checkpoint>/../eval-<data>-<split>); on kubernetes gs://
         nproc_per_node: processes sharing the prediction work (e.g. one per GPU)
-        image: container image (docker/kubernetes); local_cwd and slurm run the current directory
-        cpu: CPUs per replica
+        image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
+            run the current directory
+        cpu: CPUs per replica (default: 2, or 6 per GPU)
         gpu: GPUs per replica
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB (default: 8192, or 24 GiB per GPU)
         h: a registered named resource; takes precedence over cpu/gpu/memMB
         env: environment variables for the job (never secrets)
         max_retries: scheduler retries

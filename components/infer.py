@@ -7,7 +7,8 @@ from torchx.components.dist import _noquote
 from torchx.specs.finder import ComponentValidationException
 
 from components.train import IMAGE
-from launcher.torchrun import check_env, check_job, check_overrides, command_line
+from launcher.ray_cluster import SECRET_ENV
+from launcher.torchrun import NEEDS, check_env, check_job, check_overrides, command_line, default_size
 
 
 def batch_infer(
@@ -16,9 +17,9 @@ def batch_infer(
     input: str,
     output: str,
     nnodes: int = 1,
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     image: str = IMAGE,
     env: Optional[Dict[str, str]] = None,
@@ -40,20 +41,22 @@ def batch_infer(
             (put them after ``--``; ``python run.py infer --cfg job`` prints every key)
         model: the trained model directory, local path or gs:// URL (e.g. outputs/minilm-support_tickets/model)
         input: the rows to score: a file, glob or directory (.csv, .tsv, .jsonl, .parquet), local or gs://
-        output: the output directory, local or gs://
+        output: the output directory, local or gs:// (on kubernetes gs://)
         nnodes: replicas, one Ray node each
-        cpu: CPUs per replica (the Ray node's CPUs)
+        cpu: CPUs per replica, the Ray node's CPUs (default: 2, or 6 per GPU)
         gpu: GPUs per replica (the Ray node's GPUs); with GPUs, one predictor actor per GPU
             (override gpus_per_actor to change that)
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB (default: 8192, or 24 GiB per GPU)
         h: a registered named resource; takes precedence over cpu/gpu/memMB
-        image: container image (docker/kubernetes); local_cwd and slurm run the current directory
+        image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
+            run the current directory
         env: environment variables for the job (never secrets)
         max_retries: scheduler retries; each retry resumes from what is already written
         name: job name
         ray_port: port of the Ray head (GCS) on replica 0's host; other Ray ports are random
         join_timeout: seconds replica 0 waits for the other replicas' Ray nodes (and they for the head)
     """
+    cpu, memMB = default_size(cpu, gpu, memMB)
     check_job(name, nnodes, 1, cpu, gpu, memMB, {"ray_port": ray_port})  # one process per replica: the bootstrap
     if join_timeout < 1:
         raise ComponentValidationException(f"--join_timeout={join_timeout}: must be at least 1 (seconds)")
@@ -88,6 +91,8 @@ def batch_infer(
                 env=env,
                 port_map={"ray": ray_port},
                 max_retries=max_retries,
+                # replicas derive the cluster's token from a secret they share (launcher/ray_cluster.py)
+                metadata={NEEDS: {"outputs": {"--output": output}, "secret_env": [SECRET_ENV] if nnodes > 1 else []}},
             )
         ],
     )

@@ -14,9 +14,9 @@ def train(
     nproc_per_node: int = 1,
     output_dir: Optional[str] = None,
     image: str = IMAGE,
-    cpu: int = 2,
+    cpu: Optional[int] = None,
     gpu: int = 0,
-    memMB: int = 8192,
+    memMB: Optional[int] = None,
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
@@ -37,11 +37,12 @@ def train(
         nnodes: number of hosts (replicas); more than one uses c10d rendezvous on the rank-0 host
         nproc_per_node: processes per host (usually the GPUs per host; on CPU, DDP over gloo)
         output_dir: run directory, local path or gs:// URL (default: conf/train.yaml's output_dir,
-            outputs/<model>-<data>, with -<n>procs for n > 1 processes)
-        image: container image (docker/kubernetes); local_cwd and slurm run the current directory
-        cpu: CPUs per replica
+            outputs/<model>-<data>, with -<n>procs for n > 1 processes); on kubernetes gs://
+        image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
+            run the current directory
+        cpu: CPUs per replica (default: 2, or 6 per GPU)
         gpu: GPUs per replica
-        memMB: memory per replica in MB
+        memMB: memory per replica in MB (default: 8192, or 24 GiB per GPU)
         h: a registered named resource (e.g. a GPU or TPU host type); takes precedence over cpu/gpu/memMB
         env: environment variables for the job, e.g. HF_HUB_OFFLINE=1,TOKENIZERS_PARALLELISM=false
             (never secrets: they would be stored in the job definition)

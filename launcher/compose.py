@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from recipes import tasks
 from recipes.checks import CHECKS
 from recipes.config import SCHEMAS, register
 from recipes.errors import RecipeError
@@ -59,6 +60,8 @@ def compose(command: str, overrides: Sequence[str]) -> DictConfig:
     except Exception as e:  # Hydra wraps OmegaConf's errors: report the cause in one line
         raise RecipeError(_composition_error(e, command)) from None
     _reject_unknown_keys(cfg, SCHEMAS[command], "")
+    if "task" in cfg:
+        cfg.task = tasks.typed(cfg.task)
     _reject_non_finite(OmegaConf.to_container(cfg, resolve=False), "")
     try:
         missing = sorted(OmegaConf.missing_keys(cfg))

@@ -3,8 +3,15 @@
 Slurm GPU nodes: `slurm_<gpu>_<n>` asks for n GPUs of an 8-GPU node (HGX/DGX class), with 12 CPUs
 and 120 GiB of host memory per GPU: below what such nodes give a job, so the request fits after
 the OS and Slurm take their share (a request above a node's RealMemory would pend forever).
+
+GKE nodes: `gke_<gpu>_<n>` is n GPUs (L4, A100 40/80 GB, H100) of the smallest machine type that has
+them, and `gke_tpu_<version>_<topology>` one host of a TPU slice (all its chips); a slice of several
+hosts runs one replica per host (`--nnodes` = `tpu_slice(resource).hosts`). Their capabilities are
+the node labels GKE puts on such nodes, which launcher/kubernetes.py turns into nodeSelectors.
 """
-from typing import Callable, Dict
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 from torchx.specs import Resource
 
@@ -12,13 +19,141 @@ GiB = 1024
 
 SLURM_GPUS = {"a100_40gb": "A100 40GB", "a100_80gb": "A100 80GB", "h100_80gb": "H100 80GB"}
 
+GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
+GKE_TPU_ACCELERATOR = "cloud.google.com/gke-tpu-accelerator"
+GKE_TPU_TOPOLOGY = "cloud.google.com/gke-tpu-topology"
+TPU = "google.com/tpu"  # the TPU chips of a node, as GKE's device plugin names them
+
+# machine type: (vCPUs, memory in GiB), as Compute Engine defines them
+MACHINES = {
+    "g2-standard-8": (8, 32), "g2-standard-24": (24, 96), "g2-standard-48": (48, 192), "g2-standard-96": (96, 384),
+    "a2-highgpu-1g": (12, 85), "a2-highgpu-2g": (24, 170), "a2-highgpu-4g": (48, 340), "a2-highgpu-8g": (96, 680),
+    "a2-ultragpu-1g": (12, 170), "a2-ultragpu-2g": (24, 340), "a2-ultragpu-4g": (48, 680), "a2-ultragpu-8g": (96, 1360),
+    "a3-highgpu-1g": (26, 234), "a3-highgpu-2g": (52, 468), "a3-highgpu-4g": (104, 936), "a3-highgpu-8g": (208, 1872),
+    "ct5lp-hightpu-1t": (24, 48), "ct5lp-hightpu-4t": (112, 192), "ct5lp-hightpu-8t": (224, 384),
+    "ct6e-standard-1t": (44, 176), "ct6e-standard-4t": (180, 720), "ct6e-standard-8t": (180, 1440),
+    "ct5p-hightpu-4t": (208, 448),
+    "ct4p-hightpu-4t": (240, 407),
+}
+
+# name: (GKE accelerator label, machine type per GPU count)
+GKE_GPUS = {
+    "l4": ("nvidia-l4", {1: "g2-standard-8", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"}),
+    "a100_40gb": ("nvidia-tesla-a100", {n: f"a2-highgpu-{n}g" for n in (1, 2, 4, 8)}),
+    "a100_80gb": ("nvidia-a100-80gb", {n: f"a2-ultragpu-{n}g" for n in (1, 2, 4, 8)}),
+    "h100_80gb": ("nvidia-h100-80gb", {n: f"a3-highgpu-{n}g" for n in (1, 2, 4, 8)}),
+}
+
+
+@dataclass(frozen=True)
+class TpuVersion:
+    label: str  # cloud.google.com/gke-tpu-accelerator
+    accelerator: str  # TPU API accelerator type prefix, as libtpu and torch_xla read it (TPU_ACCELERATOR_TYPE)
+    cores_per_chip: int  # the accelerator type counts TensorCores
+    machines: Dict[int, str]  # chips per host: machine type
+
+
+TPU_VERSIONS = {
+    "v5e": TpuVersion("tpu-v5-lite-podslice", "v5litepod", 1, {1: "ct5lp-hightpu-1t", 4: "ct5lp-hightpu-4t", 8: "ct5lp-hightpu-8t"}),
+    "v6e": TpuVersion("tpu-v6e-slice", "v6e", 1, {1: "ct6e-standard-1t", 4: "ct6e-standard-4t", 8: "ct6e-standard-8t"}),
+    "v5p": TpuVersion("tpu-v5p-slice", "v5p", 2, {4: "ct5p-hightpu-4t"}),
+    "v4": TpuVersion("tpu-v4-podslice", "v4", 2, {4: "ct4p-hightpu-4t"}),
+}
+# topology: chips per host. Slices up to 8 chips of v5e/v6e fit one host; larger ones are hosts of 4 chips.
+TPU_SLICES = {
+    "v5e": {"1x1": 1, "2x2": 4, "2x4": 8, "4x4": 4, "4x8": 4, "8x8": 4, "8x16": 4, "16x16": 4},
+    "v6e": {"1x1": 1, "2x2": 4, "2x4": 8, "4x4": 4, "4x8": 4, "8x8": 4, "8x16": 4, "16x16": 4},
+    "v5p": {"2x2x1": 4, "2x2x2": 4, "2x2x4": 4, "2x4x4": 4, "4x4x4": 4},
+    "v4": {"2x2x1": 4, "2x2x2": 4, "2x2x4": 4, "2x4x4": 4, "4x4x4": 4},
+}
+CHIPS_PER_HOST_BOUNDS = {1: (1, 1, 1), 4: (2, 2, 1), 8: (2, 4, 1)}
+
+# A pod may use what the kubelet leaves allocatable (GKE's reservation below) less what the node's
+# DaemonSets take (logging, metrics, kube-proxy, the GPU/TPU device plugin, the Workload Identity
+# metadata server: well under 1 vCPU and 2 GiB). Limits this size also fit; torchx requests less.
+DAEMONSETS = (1.0, 2.0)  # vCPUs, GiB
+CPU_RESERVED = ((1, 0.06), (1, 0.01), (2, 0.005), (math.inf, 0.0025))  # (cores, share) tiers
+MEMORY_RESERVED = ((4, 0.25), (4, 0.20), (8, 0.10), (112, 0.06), (math.inf, 0.02))  # (GiB, share) tiers
+EVICTION_GIB = 0.1
+
+
+def _reserved(amount: float, tiers) -> float:
+    reserved = 0.0
+    for size, share in tiers:
+        reserved += min(amount, size) * share
+        amount = max(amount - size, 0)
+    return reserved
+
+
+def gke_pod_size(machine: str) -> Tuple[int, int]:
+    """(cpu, memMB) of a pod that takes a whole node of this machine type."""
+    vcpus, gib = MACHINES[machine]
+    cpu = vcpus - _reserved(vcpus, CPU_RESERVED) - DAEMONSETS[0]
+    memory = gib - _reserved(gib, MEMORY_RESERVED) - EVICTION_GIB - DAEMONSETS[1]
+    return int(cpu), int(memory * 2**30 / 10**6)  # torchx writes memMB as Kubernetes "M" (10^6 bytes)
+
 
 def _slurm_gpu_node(gpus: int) -> Callable[[], Resource]:
     return lambda: Resource(cpu=12 * gpus, gpu=gpus, memMB=120 * GiB * gpus)
 
 
+def _gke_gpu_node(label: str, machine: str, gpus: int) -> Callable[[], Resource]:
+    cpu, memMB = gke_pod_size(machine)
+    return lambda: Resource(cpu=cpu, gpu=gpus, memMB=memMB, capabilities={GKE_ACCELERATOR: label})
+
+
+def _gke_tpu_host(version: TpuVersion, topology: str, chips: int) -> Callable[[], Resource]:
+    cpu, memMB = gke_pod_size(version.machines[chips])
+    labels = {GKE_TPU_ACCELERATOR: version.label, GKE_TPU_TOPOLOGY: topology}
+    return lambda: Resource(cpu=cpu, gpu=0, memMB=memMB, devices={TPU: chips}, capabilities=labels)
+
+
+@dataclass(frozen=True)
+class TpuSlice:
+    """A TPU slice as its host's Resource describes it, with what libtpu needs to know of it."""
+
+    version: TpuVersion
+    topology: Tuple[int, int, int]
+    chips_per_host: int
+
+    @property
+    def chips(self) -> int:
+        return math.prod(self.topology)
+
+    @property
+    def hosts(self) -> int:
+        return max(self.chips // self.chips_per_host, 1)
+
+    @property
+    def accelerator_type(self) -> str:
+        return f"{self.version.accelerator}-{self.chips * self.version.cores_per_chip}"
+
+    @property
+    def chips_per_host_bounds(self) -> Tuple[int, int, int]:
+        return CHIPS_PER_HOST_BOUNDS[self.chips_per_host]
+
+    @property
+    def host_bounds(self) -> Tuple[int, int, int]:
+        return tuple(max(t // c, 1) for t, c in zip(self.topology, self.chips_per_host_bounds))
+
+
+def tpu_slice(resource: Resource) -> Optional[TpuSlice]:
+    """The slice a GKE TPU resource is one host of; None for any other resource."""
+    label, topology = resource.capabilities.get(GKE_TPU_ACCELERATOR), resource.capabilities.get(GKE_TPU_TOPOLOGY)
+    if TPU not in resource.devices or topology is None:
+        return None
+    version = next((v for v in TPU_VERSIONS.values() if v.label == label), None)
+    if version is None:
+        return None
+    dims = tuple(int(d) for d in topology.split("x"))
+    return TpuSlice(version, dims + (1,) * (3 - len(dims)), int(resource.devices[TPU]))
+
+
 NAMED_RESOURCES: Dict[str, Callable[[], Resource]] = {
-    f"slurm_{gpu}_{n}": _slurm_gpu_node(n) for gpu in SLURM_GPUS for n in (1, 2, 4, 8)
+    **{f"slurm_{gpu}_{n}": _slurm_gpu_node(n) for gpu in SLURM_GPUS for n in (1, 2, 4, 8)},
+    **{f"gke_{gpu}_{n}": _gke_gpu_node(label, machine, n) for gpu, (label, machines) in GKE_GPUS.items() for n, machine in machines.items()},
+    **{f"gke_tpu_{v}_{topology}": _gke_tpu_host(TPU_VERSIONS[v], topology, chips)
+       for v, slices in TPU_SLICES.items() for topology, chips in slices.items()},
 }
 
 globals().update(NAMED_RESOURCES)  # each entry point names a module attribute

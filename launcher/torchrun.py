@@ -6,8 +6,9 @@ submit time, not after the job has waited for cluster nodes.
 import argparse
 import re
 import shlex
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
+from omegaconf import DictConfig
 from torchx import specs
 from torchx.components.dist import _noquote
 from torchx.specs import builders
@@ -31,6 +32,13 @@ HOW_TO_PASS_SECRETS = (
 )
 # Kubernetes object and label names, Slurm job names: the job's pods add "-<role>-<n>-0" to it.
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,34}[a-z0-9])?$")
+# Role.metadata key: what a job writes and which variables it reads from a secret, for schedulers that can check
+# that before the job waits for nodes (launcher/kubernetes.py): {"outputs": {argument: location}, "secret_env": [...]}
+NEEDS = "text_recipes"
+# --cpu and --memMB per GPU where not given: what every GKE GPU machine type leaves a pod (the smallest,
+# g2-standard-8 with one L4, has 8 vCPUs and 32 GiB); else 2 CPUs and 8 GiB
+PER_GPU = (6, 24 * 1024)
+DEFAULT_SIZE = (2, 8192)
 
 
 class _HelpFormatter(TorchXArgumentHelpFormatter):
@@ -65,6 +73,19 @@ def check_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
     return env
 
 
+def default_size(cpu: Optional[int], gpu: int, memMB: Optional[int]) -> Tuple[int, int]:
+    """--cpu and --memMB, or what DEFAULT_SIZE and PER_GPU make of --gpu where they are not given."""
+    return (max(DEFAULT_SIZE[0], PER_GPU[0] * gpu) if cpu is None else _integer("cpu", cpu),
+            max(DEFAULT_SIZE[1], PER_GPU[1] * gpu) if memMB is None else _integer("memMB", memMB))
+
+
+def _integer(arg: str, value) -> int:
+    try:
+        return int(value)  # torchx 0.7.0's CLI passes an Optional[int] argument as the string typed
+    except ValueError:
+        _fail(f"--{arg}={value!r}: expected an integer")
+
+
 def check_job(name: str, nnodes: int, nproc_per_node: int, cpu: int, gpu: int, memMB: int, ports: Dict[str, int],
               h: Optional[str] = None, max_retries: int = 0) -> None:
     if not _NAME.match(name):
@@ -83,10 +104,10 @@ def check_job(name: str, nnodes: int, nproc_per_node: int, cpu: int, gpu: int, m
             _fail(f"--{arg}={port}: expected a port from 1024 to 65535")
 
 
-def check_overrides(command: str, overrides: List[str]) -> None:
+def check_overrides(command: str, overrides: List[str]) -> DictConfig:
     """The Hydra overrides, composed and checked as `run.py` will, except what only the job's machine can tell."""
     try:
-        compose(command, overrides)
+        return compose(command, overrides)
     except RecipeError as e:
         _fail(str(e))
 
@@ -102,17 +123,20 @@ def recipe_app(
     image: str,
     nnodes: int,
     nproc_per_node: int,
-    cpu: int,
+    cpu: Optional[int],
     gpu: int,
-    memMB: int,
+    memMB: Optional[int],
     h: Optional[str],
     env: Optional[Dict[str, str]],
     max_retries: int,
     rdzv_port: int,
 ) -> specs.AppDef:
+    cpu, memMB = default_size(cpu, gpu, memMB)
     check_job(name, nnodes, nproc_per_node, cpu, gpu, memMB, {"rdzv_port": rdzv_port}, h, max_retries)
     env = check_env(env)
-    check_overrides(command, overrides)
+    cfg = check_overrides(command, overrides)
+    # evaluate writes next to its checkpoint unless given an output_dir
+    arg, output = ("--output_dir", cfg.output_dir) if cfg.output_dir else ("--checkpoint", cfg.checkpoint)
     # one node: a free port on localhost; several: c10d store on the rank-0 host, as in torchx's dist.ddp
     endpoint = "localhost:0" if nnodes == 1 else _noquote(f"$${{{specs.macros.rank0_env}:=localhost}}:{rdzv_port}")
     cmd = [
@@ -138,6 +162,7 @@ def recipe_app(
                 env=env,
                 port_map={"c10d": rdzv_port},
                 max_retries=max_retries,
+                metadata={NEEDS: {"outputs": {arg: str(output)}}},
             )
         ],
     )

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-import fsspec
 import torch
 import yaml
 
@@ -53,7 +52,8 @@ class RunDir:
     def entries(self) -> List[str]:
         """Names in the directory; [] if it does not exist. A path that is a file is refused."""
         if self.remote:
-            fs, root = fsspec.core.url_to_fs(self.url)
+            fs, root = storage.filesystem(self.url)
+            fs.invalidate_cache(root)  # what another process (a killed run, another job) wrote since it was last listed
             if fs.isfile(root):
                 raise RecipeError(f"output_dir {self.url}: is a file; expected a directory")
             return [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)] if fs.isdir(root) else []
@@ -112,7 +112,8 @@ def _flat(tree, prefix: str = "") -> Dict[str, Any]:
 
 def _steps(run: RunDir) -> Dict[int, str]:
     if run.remote:
-        fs, root = fsspec.core.url_to_fs(run.uri("checkpoints"))
+        fs, root = storage.filesystem(run.uri("checkpoints"))
+        fs.invalidate_cache(root)
         names = fs.ls(root, detail=False) if fs.exists(root) else []
     else:
         folder = run.path("checkpoints")
@@ -140,7 +141,7 @@ def save(run: RunDir, step: int, state: Dict[str, Any], keep: int) -> None:
 def _remove(run: RunDir, name: str) -> None:
     run.path("checkpoints", name).unlink(missing_ok=True)
     if run.remote:
-        fs, path = fsspec.core.url_to_fs(run.uri("checkpoints", name))
+        fs, path = storage.filesystem(run.uri("checkpoints", name))
         fs.rm(path)
 
 

@@ -1,7 +1,7 @@
 """Every config value checked in one place, before any work and at `torchx run --dryrun` time.
 
-Pure Python on purpose: it runs on the submitting machine too, so it reads no files and
-imports no torch. What only the job's machine can tell (files, models, devices) is checked
+It runs on the submitting machine too, so it reads no files (the task modules it asks about
+import torch, nothing more). What only the job's machine can tell (files, models, devices) is checked
 by data.py, model.py and the runtime when a recipe starts.
 """
 import math
@@ -10,15 +10,14 @@ from typing import Any, Callable, Dict, Optional
 
 from omegaconf import OmegaConf
 
+from recipes import tasks
 from recipes.errors import RecipeError
 from recipes.infer_config import check as check_infer
 
 SPLITS = ("train", "validation", "test")
-FORMATS = ("csv", "tsv", "jsonl", "parquet")
+FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll")
 PRECISIONS = ("auto", "bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda", "tpu")
-TASKS = ("single_label", "multi_label")
-METRICS = ("accuracy", "f1_micro", "f1_macro", "precision_micro", "precision_macro", "recall_micro", "recall_macro", "loss")
 # transformers schedulers that need nothing beyond (optimizer, warmup steps, total steps) and step once per
 # optimizer step; the others want extra arguments (min_lr, decay steps) or a metric (reduce_lr_on_plateau).
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
@@ -54,7 +53,7 @@ def data_format(fmt: Optional[str], path: Optional[str]) -> Optional[str]:
     suffixes = [s.lower() for s in PurePosixPath(str(path or "").split("?")[0]).suffixes]
     if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst", ".zip"):
         suffixes.pop()
-    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}.get(suffixes[-1] if suffixes else "")
+    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".conll": "conll"}.get(suffixes[-1] if suffixes else "")
 
 
 def check_data(d, needed=SPLITS) -> None:
@@ -83,7 +82,7 @@ def check_data(d, needed=SPLITS) -> None:
     require(d.label_delimiter is None or d.label_delimiter != "", "data.label_delimiter", d.label_delimiter, "expected a non-empty string or null")
     if d.hub_id is not None:
         return
-    tabular = [s for s in needed if d[s] is not None and data_format(d.format, d[s]) in ("jsonl", "parquet")]
+    tabular = [s for s in needed if d[s] is not None and data_format(d.format, d[s]) in ("jsonl", "parquet", "conll")]
     if d.column_names is not None:
         names = list(d.column_names)
         require(len(set(names)) == len(names) and all(str(n).strip() for n in names), "data.column_names", names,
@@ -91,13 +90,6 @@ def check_data(d, needed=SPLITS) -> None:
         require(not tabular, "data.column_names", names, f"applies to csv/tsv files only, not {d[tabular[0]] if tabular else ''}")
     if not d.header and not tabular:
         require(d.column_names is not None, "data.header", False, "header-less csv/tsv files need data.column_names=[...]")
-
-
-def check_task(t) -> None:
-    _one_of(t, "task.", "type", TASKS)
-    _one_of(t, "task.", "metric", METRICS)
-    require(0 < t.threshold < 1, "task.threshold", t.threshold, "expected a probability in (0, 1)")
-    require(t.tune_min_positives >= 1, "task.tune_min_positives", t.tune_min_positives, "expected at least 1")
 
 
 def check_optim(o) -> None:
@@ -131,7 +123,7 @@ def check_output_dir(value: Optional[str], key: str = "output_dir") -> None:
 def check_train(cfg) -> None:
     check_model(cfg.model)
     check_data(cfg.data, needed=("train", "validation"))
-    check_task(cfg.task)
+    tasks.check(cfg.task)
     check_optim(cfg.optim)
     check_trainer(cfg.trainer)
     check_output_dir(cfg.output_dir)

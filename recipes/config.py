@@ -5,7 +5,7 @@ declare which keys exist and their types, so a typo or a wrong type fails at sta
 the key's name instead of somewhere deep inside a run.
 """
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -42,15 +42,6 @@ class DataConfig:
 
 
 @dataclass
-class TaskConfig:
-    type: str = MISSING  # single_label or multi_label
-    metric: str = MISSING  # validation metric that picks the best checkpoint ("loss" is minimised)
-    threshold: float = MISSING  # multi-label decision threshold before tuning
-    tune_thresholds: bool = MISSING  # multi-label: tune one threshold per label on validation
-    tune_min_positives: int = MISSING  # labels with fewer validation positives keep `threshold`
-
-
-@dataclass
 class OptimConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
@@ -84,7 +75,7 @@ class TrainerConfig:
 class TrainConfig:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
-    task: TaskConfig = MISSING
+    task: Any = MISSING  # each task's keys are typed by its module's Config (recipes/tasks/)
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
     output_dir: str = MISSING

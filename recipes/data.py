@@ -5,7 +5,7 @@ import json
 import logging
 import numbers
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,31 @@ def read_file(source: str, cfg) -> pd.DataFrame:
     text = _decode(raw, source)
     if not text.strip():
         raise RecipeError(f"{source}: empty file")
+    if fmt == "conll":
+        return _read_conll(text, source, cfg)
     return _read_jsonl(text, source) if fmt == "jsonl" else _read_delimited(text, source, fmt, cfg)
+
+
+def _read_conll(text: str, source: str, cfg) -> pd.DataFrame:
+    """CoNLL-style `token<TAB>tag` lines (or the first and last of whitespace-separated columns), a blank line
+    between documents: one row per document, its tokens in data.text_column and tags in data.label_column."""
+    docs, starts, tokens, tags = [], [], [], []
+    for n, line in enumerate(text.splitlines() + [""], 1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                docs.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 2 or not fields[0].strip() or not fields[-1].strip():
+            raise RecipeError(f"{source} line {n}: expected token<TAB>tag, got {line.strip()[:40]!r}")
+        if not tokens:
+            starts.append(n)
+        tokens.append(fields[0].strip())
+        tags.append(fields[-1].strip())
+    df = pd.DataFrame({cfg.text_column: [d[0] for d in docs], cfg.label_column: [d[1] for d in docs]}, dtype=object)
+    df.attrs["rows"] = starts  # a document is named by its first line in error messages
+    return df
 
 
 def _read_jsonl(text: str, source: str) -> pd.DataFrame:
@@ -122,48 +146,32 @@ def read_hub(cfg, split: str) -> pd.DataFrame:
         raise RecipeError(f"data.hub_id={cfg.hub_id} split {split!r}: cannot load ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
 
 
-@dataclass
-class Table:
-    """Validated examples of one split. `source` names where they came from in error messages."""
-
-    source: str
-    texts: List[str]
-    pairs: Optional[List[str]]
-    labels: List  # str per row (single-label) or list of str (multi-label)
-    rows: List[int]  # 1-based row numbers in the source, for error messages
-
-
-def to_table(df: pd.DataFrame, source: str, cfg, multi_label: bool, rows: Optional[Sequence[int]] = None) -> Table:
-    for key in ("text_column", "text_pair_column", "label_column"):
+def require_columns(df: pd.DataFrame, source: str, cfg, keys: Sequence[str]) -> None:
+    for key in keys:
         col = getattr(cfg, key)
         if col is not None and col not in df.columns:
-            raise RecipeError(
-                f"{source}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); set data.{key}"
-            )
-    rows = [int(r) for r in rows] if rows is not None else list(range(1, len(df) + 1))
-    texts = _texts(df[cfg.text_column], source, cfg.text_column, rows)
-    pairs = _texts(df[cfg.text_pair_column], source, cfg.text_pair_column, rows) if cfg.text_pair_column else None
-    labels = [_label(v, source, row, cfg, multi_label) for v, row in zip(df[cfg.label_column].tolist(), rows)]
-    if not texts:
-        raise RecipeError(f"{source}: no examples")
-    return Table(source, texts, pairs, labels, rows)
+            raise RecipeError(f"{source}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); set data.{key}")
 
 
-def _texts(col: pd.Series, source: str, name: str, rows: List[int]) -> List[str]:
-    texts = col.tolist()
-    for text, row in zip(texts, rows):
-        if _missing(text) or (isinstance(text, str) and not text.strip()):
+def texts(col: pd.Series, source: str, name: str, rows: List[int]) -> List[str]:
+    values = col.tolist()
+    for text, row in zip(values, rows):
+        if missing(text) or (isinstance(text, str) and not text.strip()):
             raise RecipeError(f"{source} row {row}: empty text in column {name!r}")
+        if isinstance(text, (list, np.ndarray)):
+            raise RecipeError(f"{source} row {row}: column {name!r} holds a list of tokens, expected a string (token lists: task=token_classification)")
         if not isinstance(text, str):
             raise RecipeError(f"{source} row {row}: text in column {name!r} is {type(text).__name__} {text!r}, expected a string")
-    return texts
+    if not values:
+        raise RecipeError(f"{source}: no examples")
+    return values
 
 
-def _missing(value) -> bool:
+def missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
 
-def _class_name(value, source: str, row: int, column: str) -> str:
+def class_name(value, source: str, row: int, column: str) -> str:
     """A label as the class name it stands for: 1, 1.0 and "1" are the same class."""
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value)).lower()
@@ -176,24 +184,6 @@ def _class_name(value, source: str, row: int, column: str) -> str:
     if not isinstance(value, str):
         raise RecipeError(f"{source} row {row}: label in column {column!r} is {type(value).__name__} {value!r}; expected a string or an integer")
     return value.strip()
-
-
-def _label(value, source: str, row: int, cfg, multi_label: bool):
-    column = cfg.label_column
-    if multi_label:
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        if isinstance(value, str):
-            value = value.split(cfg.label_delimiter) if cfg.label_delimiter else [value]
-        if not isinstance(value, list):
-            raise RecipeError(f"{source} row {row}: label {value!r} in column {column!r} is not a list or a string")
-        return sorted({name for name in (_class_name(v, source, row, column) for v in value) if name})
-    if isinstance(value, (list, np.ndarray)):
-        raise RecipeError(f"{source} row {row}: label in column {column!r} is a list; use task=multi_label")
-    name = "" if _missing(value) else _class_name(value, source, row, column)
-    if not name:
-        raise RecipeError(f"{source} row {row}: empty label in column {column!r}")
-    return name
 
 
 def carved_fractions(cfg) -> Dict[str, float]:
@@ -211,11 +201,11 @@ def carved_fractions(cfg) -> Dict[str, float]:
     return {s: fractions[s] for s in ("validation", "test") if cfg[s] is None and fractions[s] > 0}
 
 
-def load_splits(cfg, multi_label: bool, needed: Sequence[str] = SPLITS) -> Dict[str, Table]:
+def load_splits(cfg, task, needed: Sequence[str] = SPLITS) -> Dict[str, Any]:
     """The splits named in `needed`, from files or the Hub, carving missing ones out of train.
 
     Carved splits come from a seeded shuffle of train, so evaluation on a carved test split
-    sees exactly the rows training held out.
+    sees exactly the rows training held out. `task.table` turns each split's rows into its examples.
     """
     def read(split):
         source = cfg[split]
@@ -227,7 +217,7 @@ def load_splits(cfg, multi_label: bool, needed: Sequence[str] = SPLITS) -> Dict[
     tables = {}
     if "train" in needed or any(s in needed for s in carve):
         source, df = read("train")
-        rows = np.arange(1, len(df) + 1)
+        rows = np.asarray(df.attrs.get("rows", range(1, len(df) + 1)))
         order = np.random.default_rng(cfg.split_seed).permutation(len(df))
         start = 0
         for split, fraction in carve.items():
@@ -235,36 +225,24 @@ def load_splits(cfg, multi_label: bool, needed: Sequence[str] = SPLITS) -> Dict[
             take = order[start : start + n]
             start += n
             if split in needed:
-                tables[split] = to_table(df.iloc[take], f"{source} ({split} part)", cfg, multi_label, rows[take])
+                tables[split] = task.table(df.iloc[take], f"{source} ({split} part)", cfg, rows[take].tolist())
         if "train" in needed:
             keep = np.sort(order[start:])
-            tables["train"] = to_table(df.iloc[keep], source, cfg, multi_label, rows[keep])
+            tables["train"] = task.table(df.iloc[keep], source, cfg, rows[keep].tolist())
     for split in needed:
         if split not in tables and cfg[split] is not None:
             source, df = read(split)
-            tables[split] = to_table(df, source, cfg, multi_label)
+            tables[split] = task.table(df, source, cfg, list(df.attrs.get("rows", range(1, len(df) + 1))))
     for split in needed:
         if split not in tables:
             log.info("%s: none (no file given, and data.split carves none)", split)
             continue
         rest = f" (rest of it after carving {', '.join(carve)})" if split == "train" and carve else ""
-        log.info("%s: %d rows from %s%s", split, len(tables[split].texts), tables[split].source, rest)
+        log.info("%s: %d rows from %s%s", split, len(tables[split].rows), tables[split].source, rest)
     return tables
 
 
-def label_set(train: Table, multi_label: bool) -> List[str]:
-    labels = sorted({l for ls in train.labels for l in ls} if multi_label else set(train.labels))
-    if len(labels) < 2:
-        raise RecipeError(f"{train.source}: only one label ({labels[0] if labels else 'none'!r}) in the training data; need at least 2")
-    return labels
-
-
-def check_labels(table: Table, label2id: Dict[str, int], multi_label: bool) -> None:
-    for labels, row in zip(table.labels, table.rows):
-        for label in labels if multi_label else [labels]:
-            if label not in label2id:
-                known = ", ".join(label2id)
-                raise RecipeError(f"{table.source} row {row}: label {label!r} was not seen in training (model labels: {known})")
+IGNORE = -100  # label of positions the loss skips (padding, non-first sub-tokens): torch's and HF's convention
 
 
 @dataclass
@@ -273,25 +251,14 @@ class Encoded:
 
     features: Dict[str, List[List[int]]]  # input_ids, and token_type_ids where the model uses them
     lengths: np.ndarray
-    labels: torch.Tensor  # int64 [n] or float32 [n, num_labels]
+    labels: Union[torch.Tensor, List[List[int]]]  # per example: a class id or label vector; or per token (padded with IGNORE)
+    extra: Any = None  # the task's own bookkeeping (e.g. which document a window came from)
 
 
-def encode(table: Table, tokenizer, label2id: Dict[str, int], max_length: int, multi_label: bool) -> Encoded:
-    check_labels(table, label2id, multi_label)
-    enc = tokenizer(table.texts, table.pairs, truncation=True, max_length=max_length)
-    features = {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
-    if multi_label:
-        labels = torch.zeros(len(table.labels), len(label2id))
-        for i, ls in enumerate(table.labels):
-            labels[i, [label2id[l] for l in ls]] = 1.0
-    else:
-        labels = torch.tensor([label2id[l] for l in table.labels])
-    return Encoded(features, np.array([len(x) for x in enc["input_ids"]]), labels)
-
-
-def collate(data: Encoded, indices: Sequence[int], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Pad a batch to its own longest example (dynamic padding)."""
-    width = int(data.lengths[indices].max())
+def collate(data: Encoded, indices: Sequence[int], pad_id: int, width: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Pad a batch to its own longest example (dynamic padding), or to `width` (a fixed set of shapes, for XLA)."""
+    longest = int(data.lengths[indices].max())
+    width = max(longest, width or 0)
     batch = {}
     for key, seqs in data.features.items():
         out = torch.full((len(indices), width), pad_id if key == "input_ids" else 0, dtype=torch.long)
@@ -299,7 +266,16 @@ def collate(data: Encoded, indices: Sequence[int], pad_id: int) -> Dict[str, tor
             out[row, : len(seqs[i])] = torch.tensor(seqs[i])
         batch[key] = out
     batch["attention_mask"] = (torch.arange(width)[None, :] < torch.as_tensor(data.lengths[indices])[:, None]).long()
-    batch["labels"] = data.labels[indices]
+    if isinstance(data.labels, torch.Tensor):
+        batch["labels"] = data.labels[indices]
+    else:
+        seqs = [data.labels[i] for i in indices]
+        # per-token labels line up with the inputs; target sequences (seq2seq) pad like them where widths are fixed
+        target_width = max(max(map(len, seqs)), width if width > longest else 0)
+        labels = torch.full((len(seqs), target_width), IGNORE, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            labels[row, : len(seq)] = torch.tensor(seq)
+        batch["labels"] = labels
     return batch
 
 

@@ -45,6 +45,10 @@ def _load_model_info(model_dir: str):
         tokenizer = AutoTokenizer.from_pretrained(local)
     except (OSError, ValueError) as e:
         raise RecipeError(f"model_dir={model_dir}: cannot load ({str(e).strip().splitlines()[0]})") from None
+    task = (getattr(config, "text_recipes", None) or {}).get("task")
+    if config.problem_type not in TASKS and task is not None:
+        raise RecipeError(f"model_dir={model_dir}: a {task} model; batch inference runs single_label and multi_label "
+                          "classifiers in this version (python run.py evaluate scores the others)")
     if config.problem_type not in TASKS:
         raise RecipeError(f"model_dir={model_dir}: not a classifier trained by text-recipes (config.problem_type={config.problem_type!r}; "
                           f"expected {' or '.join(TASKS)})")
@@ -183,9 +187,9 @@ def _run(cfg, files, columns, max_length, config, tokenizer, local_model, out, m
     labels = [config.id2label[i] for i in range(config.num_labels)]
     thresholds = None
     if config.problem_type == "multi_label_classification":
-        from recipes.model import thresholds_of
+        from recipes.tasks.multi_label import MultiLabel
 
-        thresholds = thresholds_of(config).numpy()
+        thresholds = MultiLabel.from_model(config).thresholds
     head = Head(labels, thresholds, cfg.all_scores, cfg.top_k)
     actors = _pool_size(cfg)
     read_spec = ReadSpec(columns, cfg.block_rows, max_length, cfg.strict, config.problem_type, ray.put(tokenizer))

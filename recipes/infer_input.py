@@ -71,7 +71,7 @@ def _known(path: str, fmt: Optional[str]) -> bool:
 def list_files(spec: str, fmt: Optional[str], columns: Columns) -> List[InputFile]:
     """The input files of a path, glob or directory, sorted, each checked for the needed columns."""
     try:
-        fs, path = fsspec.core.url_to_fs(spec)
+        fs, path = storage.filesystem(spec)
     except (ImportError, ValueError) as e:
         raise RecipeError(f"input={spec}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/dir") from None
     try:

@@ -17,9 +17,9 @@ import tempfile
 import uuid
 from typing import Callable, Dict, List, Optional
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from recipes import storage
 from recipes.errors import RecipeError
 
 JOB = "_job.json"
@@ -36,7 +36,7 @@ def shard_name(file_index: int, block_index: int) -> str:
 class OutputDir:
     def __init__(self, url: str):
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.fs, self.root = storage.filesystem(url)
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, name: str) -> str:
@@ -76,6 +76,8 @@ class OutputDir:
     def entries(self, sub: str = "") -> List[str]:
         """File and directory names in the output directory (or its subdirectory `sub`); [] if missing."""
         where = self.path(sub) if sub else self.root
+        if not self.is_local:  # other processes (the actors, a killed run) add files: never a listing gcsfs cached earlier
+            self.fs.invalidate_cache(where)
         if self.fs.isfile(where):
             raise RecipeError(f"output={self.url}: is a file; expected a directory")
         if not self.fs.isdir(where):

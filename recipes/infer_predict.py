@@ -23,7 +23,7 @@ def resolve_precision(precision: str, device: torch.device) -> Tuple[str, torch.
 def load_for_inference(model_dir: str, precision: str, device: torch.device):
     """(model in eval mode on `device`, precision name, autocast dtype). int8: linear layers dynamically quantized."""
     name, dtype = resolve_precision(precision, device)
-    model, _ = load_trained(model_dir, attn_implementation(None, device, dtype))
+    model, _, _ = load_trained(model_dir, attn_implementation(None, device, dtype))
     model.eval().to(device)
     if name == "int8":
         with warnings.catch_warnings():  # torch deprecates quantized tensors in favour of torchao; still the fastest here

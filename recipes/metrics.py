@@ -1,4 +1,4 @@
-"""Classification metrics, multi-label threshold tuning and the plots people look at."""
+"""Classification metrics, multi-label threshold tuning, and the plots people look at."""
 from typing import Dict, List, Optional
 
 import matplotlib
@@ -107,7 +107,7 @@ def plot_training_curve(history: List[Dict], metric: str, path: str) -> None:
     plt.close(fig)
 
 
-def headline(metrics: Dict, keys=("accuracy", "f1_micro", "f1_macro")) -> str:
+def headline(metrics: Dict, keys=("accuracy", "f1_micro", "f1_macro", "precision", "recall", "f1", "rouge1", "rouge2", "rougeL")) -> str:
     return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
 
 
@@ -115,3 +115,33 @@ def best_is_better(metric: str, new: float, best: Optional[float]) -> bool:
     if best is None:
         return True
     return new < best if metric == "loss" else new > best
+
+
+def plot_entity_scores(per_type: Dict[str, Dict], path: str) -> None:
+    """Precision, recall and F1 per entity type, with the number of gold entities."""
+    types = sorted(per_type)
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(types) + 2), 4))
+    x = np.arange(len(types))
+    for i, key in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (i - 1) * 0.27, [per_type[t][key] for t in types], width=0.27, label=key)
+    ax.set_xticks(x, [f"{t}\n({per_type[t]['support']})" for t in types])
+    ax.set_ylim(0, 1)
+    ax.set_title("Entity-level scores per type (gold entities)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_rouge(per_row: Dict[str, List[float]], path: str) -> None:
+    """How ROUGE F-measures spread over the examples, with their means."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, values in per_row.items():
+        ax.hist(values, bins=20, range=(0, 1), histtype="step", lw=2, label=f"{key} (mean {np.mean(values):.3f})")
+    ax.set_xlabel("F-measure per example")
+    ax.set_ylabel("examples")
+    ax.set_title("ROUGE")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,17 +1,15 @@
-"""Loading and saving classifiers in Hugging Face format (from_pretrained-compatible)."""
+"""Loading pretrained and trained models in Hugging Face format (from_pretrained-compatible), and dropout on CPU."""
 import os
-from typing import Dict, List, Optional
+from contextlib import contextmanager
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from recipes import storage
 from recipes.errors import RecipeError
-
-PROBLEM_TYPES = {"single_label": "single_label_classification", "multi_label": "multi_label_classification"}
-
 
 def attn_implementation(requested: Optional[str], device: torch.device, dtype: torch.dtype) -> str:
     # PyTorch's CPU SDPA backward is ~20x slower in bf16 than the eager matmul path
@@ -21,7 +19,7 @@ def attn_implementation(requested: Optional[str], device: torch.device, dtype: t
     return "eager" if device.type == "cpu" and dtype == torch.bfloat16 else "sdpa"
 
 
-def _resolve(name_or_path: str) -> str:
+def resolve(name_or_path: str) -> str:
     """A local directory for paths and URLs; Hub ids ("org/name", at most one slash) pass through."""
     path = os.path.expanduser(storage.local_model_dir(name_or_path))
     if os.path.isdir(path):
@@ -33,7 +31,7 @@ def _resolve(name_or_path: str) -> str:
 
 def _from_pretrained(cls, name_or_path: str, **kwargs):
     try:
-        return cls.from_pretrained(_resolve(name_or_path), **kwargs)
+        return cls.from_pretrained(resolve(name_or_path), **kwargs)
     except (OSError, ValueError, SafetensorError) as e:  # offline Hub, unknown id, missing or damaged files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RecipeError(f"model {name_or_path}: cannot load ({reason})") from None
@@ -66,32 +64,44 @@ def load_tokenizer(name_or_path: str, max_length: Optional[int] = None):
     return tokenizer
 
 
-def load_pretrained(name_or_path: str, labels: List[str], task: str, attn: str) -> torch.nn.Module:
-    """A pretrained encoder with a fresh classification head for `labels`."""
+@contextmanager
+def quiet_loading():
+    """For a pretrained model given a new task head: the "newly initialized weights" report is expected there."""
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized classifier" report is expected here
+    hf_logging.set_verbosity_error()
     try:
-        return _from_pretrained(
-            AutoModelForSequenceClassification,
-            name_or_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={l: i for i, l in enumerate(labels)},
-            problem_type=PROBLEM_TYPES[task],
-            attn_implementation=attn,
-        )
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
 
 
+def from_pretrained_quietly(cls, name_or_path: str, **kwargs) -> torch.nn.Module:
+    with quiet_loading():
+        return _from_pretrained(cls, name_or_path, **kwargs)
+
+
+def init_bias_to_prior(model: torch.nn.Module, label_frequency: torch.Tensor) -> None:
+    """Start each sigmoid output at its label's training frequency (Lin et al., 2017, "prior" init).
+
+    With many rare labels and a zero bias, BCE is lowest when every output is near 0, and the
+    fastest way there is not the bias (which moves lr per step) but the encoder: it collapses to
+    one constant representation that the head maps to large negative logits, and stays there.
+    """
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(label_frequency)][-1]
+    p = label_frequency.clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        head.bias.copy_(torch.log(p / (1 - p)))
+
+
 def load_trained(path: str, attn: str):
-    """A model directory written by training, with its tokenizer."""
-    name, path = path, _resolve(path)  # download a remote model once, not once per file type
+    """(model, tokenizer, task) of a model directory written by training."""
+    from recipes import tasks
+
+    name, path = path, resolve(path)  # download a remote model once, not once per file type
     config = _from_pretrained(AutoConfig, path)
-    if config.problem_type not in PROBLEM_TYPES.values():
-        raise RecipeError(f"{name}: not a classifier trained by text-recipes (config.problem_type={config.problem_type!r})")
-    model = _from_pretrained(AutoModelForSequenceClassification, path, attn_implementation=attn)
-    return model, _from_pretrained(AutoTokenizer, path)
+    task = tasks.of_model(config, name)
+    model = _from_pretrained(task.model_class, path, attn_implementation=attn)
+    return model, _from_pretrained(AutoTokenizer, path), task
 
 
 class CPUDropout(torch.nn.Dropout):
@@ -125,12 +135,3 @@ def use_cpu_dropout(model: torch.nn.Module) -> None:
         for name, child in module.named_children():
             if type(child) is torch.nn.Dropout:
                 setattr(module, name, CPUDropout(child.p))
-
-
-def task_of(config) -> str:
-    return "multi_label" if config.problem_type == PROBLEM_TYPES["multi_label"] else "single_label"
-
-
-def thresholds_of(config, default: float = 0.5) -> torch.Tensor:
-    saved: Dict[str, float] = getattr(config, "label_thresholds", None) or {}
-    return torch.tensor([saved.get(config.id2label[i], default) for i in range(config.num_labels)])

@@ -27,6 +27,18 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def xla(self) -> bool:
+        return self.device.type == "xla"
+
+    def batch_width(self, longest: int) -> int:
+        """How wide to pad a batch: to its longest example, except on XLA, where every new shape compiles a new program."""
+        if not self.xla:
+            return longest
+        from recipes import xla
+
+        return xla.pad_to_bucket(longest)
+
     def gather(self, obj: Any) -> List[Any]:
         """Every rank's `obj`, in rank order, on every rank."""
         if not self.distributed:
@@ -59,12 +71,15 @@ def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "tpu":
-        import importlib.util
+    if device == "tpu":  # any XLA device: TPU, or CPU with PJRT_DEVICE=CPU
+        from recipes import xla
 
-        if importlib.util.find_spec("torch_xla") is None:
+        if not xla.available():
             raise RecipeError(f"{key}=tpu: torch_xla is not installed (it needs torch 2.9: pip install '.[tpu]' in its own environment)")
-        raise RecipeError(f"{key}=tpu: the recipes run on cpu or cuda in this version; expected auto, cpu or cuda")
+        if world_size > 1:
+            xla.init_process_group()
+        rank, world_size = xla.rank_world()
+        return Runtime(xla.device(), rank, local_rank, world_size)
     if device == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"{key}=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); use device=auto or cpu")
     if device == "cuda":
@@ -97,7 +112,7 @@ class StopSignals:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """bf16 where the hardware multiplies in bf16 faster than in fp32 (CUDA with bf16, CPUs where it measures so), else fp32."""
+    """bf16 where the hardware multiplies in bf16 faster than in fp32 (CUDA with bf16, XLA, CPUs where it measures so), else fp32."""
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
@@ -106,6 +121,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
         raise RecipeError(f"precision={precision!r}: expected auto, bf16 or fp32")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "xla":  # TPUs multiply in bf16
+        return torch.bfloat16
     if device.type != "cpu":
         return torch.float32
     faster = [cpu_bf16_is_faster()]

@@ -17,7 +17,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
@@ -26,19 +25,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
 from recipes.runtime import Runtime, StopSignals, autocast_dtype
-from recipes import checkpoint, data, metrics
+from recipes import checkpoint, data, metrics, tasks, xla
 from recipes.storage import replace_dir
 from recipes.errors import Preempted, RecipeError
-from recipes.evaluate import predict, score
-from recipes.model import attn_implementation, load_pretrained, load_tokenizer, set_dropout, use_cpu_dropout
+from recipes.model import attn_implementation, load_tokenizer, set_dropout, use_cpu_dropout
 
 log = logging.getLogger("text_recipes")
-
-
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
-    if multi_label:
-        return F.binary_cross_entropy_with_logits(logits.float(), labels)
-    return F.cross_entropy(logits.float(), labels)
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -48,15 +40,17 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+    fused = params[0].device.type in ("cpu", "cuda")  # XLA has no fused AdamW; it fuses the step itself
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)
 
 
 def clip_gradients(model: torch.nn.Module, max_norm: float) -> None:
     params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-    # On CPU, skip rescaling by 1.0 (a pass over every gradient); on GPUs the check would stall the stream.
+    foreach = params[0].device.type in ("cpu", "cuda")  # XLA has no foreach kernels
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=foreach)
+    # On CPU, skip rescaling by 1.0 (a pass over every gradient); on GPUs and XLA the check would stall the device.
     if params[0].device.type != "cpu" or norm > max_norm:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=foreach)
 
 
 def rng_state() -> dict:
@@ -80,15 +74,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_model(model, tokenizer, run: checkpoint.RunDir, data_cfg, thresholds=None) -> None:
-    """Write model/ (weights, config with label maps, thresholds and input columns, tokenizer) atomically."""
-    # batch inference reads the same columns by default
-    model.config.text_recipes = {"text_column": data_cfg.text_column, "text_pair_column": data_cfg.text_pair_column}
-    if thresholds is not None:
-        model.config.label_thresholds = {model.config.id2label[i]: float(t) for i, t in enumerate(thresholds)}
+def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Runtime, result=None) -> None:
+    """Write model/ (weights, config with the task, its label maps and settings, the input columns; tokenizer) atomically."""
+    # evaluation and batch inference read the task and the same columns by default
+    model.config.text_recipes = {"task": task.name, "text_column": data_cfg.text_column, "text_pair_column": data_cfg.text_pair_column}
+    if result is not None:
+        task.save(model.config, result)
     tmp = run.path("model.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=xla.to_cpu(model.state_dict()) if rt.xla else None)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, run.path("model"))
     run.publish("model")
@@ -96,7 +90,7 @@ def save_model(model, tokenizer, run: checkpoint.RunDir, data_cfg, thresholds=No
 
 def train(cfg, rt: Runtime) -> dict:
     tc = cfg.trainer
-    multi = cfg.task.type == "multi_label"
+    task = tasks.build(cfg.task)
     run = checkpoint.RunDir(cfg.output_dir)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     checkpoint.check_run_dir(run, config_yaml)
@@ -104,15 +98,15 @@ def train(cfg, rt: Runtime) -> dict:
 
     # ---- data and model
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.max_length)
-    tables = data.load_splits(cfg.data, multi, needed=("train", "validation"))
-    labels = data.label_set(tables["train"], multi)
-    label2id = {l: i for i, l in enumerate(labels)}
-    train_data = data.encode(tables["train"], tokenizer, label2id, cfg.model.max_length, multi)
-    val_data = data.encode(tables["validation"], tokenizer, label2id, cfg.model.max_length, multi) if "validation" in tables else None
+    tables = data.load_splits(cfg.data, task, needed=("train", "validation"))
+    task.fit(tables["train"])
+    labels = task.vocabulary
+    train_data = task.encode(tables["train"], tokenizer, cfg.model.max_length)
+    val_data = task.encode(tables["validation"], tokenizer, cfg.model.max_length) if "validation" in tables else None
 
     dtype = autocast_dtype(tc.precision, rt.device)
     seed_everything(tc.seed)  # the same classifier-head init on every rank
-    model = load_pretrained(cfg.model.name_or_path, labels, cfg.task.type, attn_implementation(cfg.model.attn_implementation, rt.device, dtype))
+    model = task.new_model(cfg.model.name_or_path, attn_implementation(cfg.model.attn_implementation, rt.device, dtype), train_data, tokenizer)
     model.to(rt.device)
     set_dropout(model, cfg.model.dropout)
     if rt.device.type == "cpu":
@@ -156,29 +150,30 @@ def train(cfg, rt: Runtime) -> dict:
         run.create()
         run.write_text("config.yaml", config_yaml)
         log.info(
-            "%d train / %s validation examples, %d labels, %d steps (%d per epoch), %s on %s x%d",
-            len(train_data.lengths), len(val_data.lengths) if val_data else 0, len(labels), total_steps,
+            "%d train / %s validation examples, %s labels, %d steps (%d per epoch), %s on %s x%d",
+            len(train_data.lengths), len(val_data.lengths) if val_data else 0, len(labels) if labels else "no", total_steps,
             steps_per_epoch, str(dtype).replace("torch.", ""), rt.device.type, rt.world_size,
         )
 
-    ddp = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.distributed else None
+    # on XLA, xla.step all-reduces the gradients instead of DDP
+    ddp = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.distributed and not rt.xla else None
     train_model = ddp or model
     writer = SummaryWriter(str(run.path("tb"))) if rt.is_main else None
-    autocast = torch.autocast(rt.device.type, dtype=dtype, enabled=dtype != torch.float32)
+    autocast = torch.autocast(rt.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     eval_every = tc.eval_every or steps_per_epoch
     save_every = tc.save_every or steps_per_epoch
 
     def evaluate(step: int) -> bool:
         """Validate, keep the best model; returns True when early stopping says stop."""
-        logits = predict(model, val_data, rt, tc.eval_batch_size, dtype, tokenizer.pad_token_id)
-        result = score(logits, val_data.labels.numpy(), labels, multi, cfg.task)
+        predictions = task.predict(model, val_data, rt, tc.eval_batch_size, dtype, tokenizer)
+        result = task.score(predictions, val_data, tune=True)
         value = result[cfg.task.metric]
         state["history"].append({"step": step, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}})
         improved = metrics.best_is_better(cfg.task.metric, value, state["best"])
         if improved:
             state.update(best=value, best_step=step, bad_evals=0, best_metrics=result)
             if rt.is_main:
-                save_model(model, tokenizer, run, cfg.data, result.get("thresholds"))
+                save_model(model, tokenizer, task, run, cfg.data, rt, result)
         else:
             state["bad_evals"] += 1
         if rt.is_main:
@@ -190,11 +185,13 @@ def train(cfg, rt: Runtime) -> dict:
 
     def save_checkpoint() -> None:
         rngs = rt.gather(rng_state())
+        tensors = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        if rt.xla:
+            tensors = xla.to_cpu(tensors)
         if rt.is_main:
             checkpoint.save(
                 run, state["step"],
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "state": state, "rng": rngs, "labels": labels, "world_size": rt.world_size},
+                {**tensors, "scheduler": scheduler.state_dict(), "state": state, "rng": rngs, "labels": labels, "world_size": rt.world_size},
                 tc.keep_checkpoints,
             )
         rt.barrier()
@@ -213,17 +210,20 @@ def train(cfg, rt: Runtime) -> dict:
                 t0 = time.perf_counter()
                 loss_sum = 0.0
                 for i, idx in enumerate(group):
-                    batch = {k: v.to(rt.device, non_blocking=True) for k, v in data.collate(train_data, idx, tokenizer.pad_token_id).items()}
-                    targets = batch.pop("labels")
+                    width = rt.batch_width(int(train_data.lengths[idx].max()))
+                    batch = {k: v.to(rt.device, non_blocking=True) for k, v in data.collate(train_data, idx, tokenizer.pad_token_id, width).items()}
                     sync = ddp is None or i == len(group) - 1
                     with (nullcontext() if sync else ddp.no_sync()), autocast:
-                        loss = loss_fn(train_model(**batch).logits, targets, multi) / len(group)
+                        loss = task.loss(train_model, batch) / len(group)
                     loss.backward()
-                    loss_sum += loss.item()
+                    loss_sum += loss.detach()  # read at log steps only: reading it syncs with the device
                     samples += len(idx)
                 if tc.max_grad_norm > 0:
                     clip_gradients(model, tc.max_grad_norm)
-                optimizer.step()
+                if rt.xla:
+                    xla.step(optimizer)
+                else:
+                    optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
@@ -232,7 +232,7 @@ def train(cfg, rt: Runtime) -> dict:
                 step = state["step"]
                 progress.update()
                 if rt.is_main and (step % tc.log_every == 0 or step == total_steps):
-                    lr = scheduler.get_last_lr()[0]
+                    loss_sum, lr = float(loss_sum), scheduler.get_last_lr()[0]
                     state["history"].append({"step": step, "train_loss": loss_sum, "lr": lr})
                     writer.add_scalar("train/loss", loss_sum, step)
                     writer.add_scalar("train/lr", lr, step)
@@ -267,7 +267,7 @@ def train(cfg, rt: Runtime) -> dict:
     }
     if rt.is_main:
         if val_data is None:
-            save_model(model, tokenizer, run, cfg.data)
+            save_model(model, tokenizer, task, run, cfg.data, rt)
         run.write("training_curve.png", lambda path: metrics.plot_training_curve(state["history"], cfg.task.metric, path))
         run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
         writer.close()

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 from torchx.runner import get_runner
 from torchx.specs import AppDef, InvalidRunConfigException, macros
 from torchx.specs.builders import materialize_appdef
@@ -123,19 +122,6 @@ def test_slurm_gpus_without_gres_take_whole_nodes_and_named_resources_size_the_j
     assert "--cpus-per-task=96" in script and f"--mem={8 * 120 * 1024}" in script
     with pytest.raises(InvalidRunConfigException, match="gpu_request='bogus'"):
         get_runner().dryrun(app, "slurm", cfg={"gpu_request": "bogus"})
-
-
-def test_kubernetes_dryrun_manifest():
-    app = train("trainer.max_steps=100", nnodes=2, gpu=1, image="gcr.io/p/text-recipes:1", output_dir="gs://b/run")
-    info = get_runner().dryrun(app, "kubernetes", cfg={"queue": "default", "namespace": "ml"})
-    job = yaml.safe_load(str(info.request))
-    assert job["kind"] == "Job" and job["apiVersion"].startswith("batch.volcano.sh")
-    tasks = job["spec"]["tasks"]
-    assert len(tasks) == 2
-    container = tasks[0]["template"]["spec"]["containers"][0]
-    assert container["image"] == "gcr.io/p/text-recipes:1"
-    assert container["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
-    assert "run.py train trainer.max_steps=100 output_dir=gs://b/run" in " ".join(container["command"])
 
 
 def test_cli_dryrun_and_help():

@@ -11,6 +11,19 @@ from omegaconf import OmegaConf
 from recipes import data
 from recipes.config import DataConfig
 from recipes.errors import RecipeError
+from recipes.tasks._classification import Table
+from recipes.tasks.multi_label import MultiLabel
+from recipes.tasks.single_label import SingleLabel
+
+
+def task(multi_label: bool, labels=None):
+    return (MultiLabel if multi_label else SingleLabel)(None, labels)
+
+
+def labels_of(table, multi_label: bool):
+    t = task(multi_label)
+    t.fit(table)
+    return t.labels
 from tests.conftest import ROOT, make_rows
 
 
@@ -68,7 +81,7 @@ def test_read_headerless_tsv_with_column_names(tmp_path):
     assert list(df.columns) == ["text", "label"]
     assert len(df) == 2  # the first line is data, not a header
     assert df["text"].tolist() == ['it \'s a "great" movie', "boring"]
-    table = data.to_table(df, str(path), cfg, multi_label=False)
+    table = task(False).table(df, str(path), cfg)
     assert table.labels == ["1", "0"] and table.rows == [1, 2]
 
 
@@ -166,13 +179,13 @@ def test_directory_is_a_recipe_error(tmp_path):
 def test_to_table_missing_column():
     df = pd.DataFrame(ROWS)
     with pytest.raises(RecipeError, match=r"no column 'body'.*data\.text_column"):
-        data.to_table(df, "src.csv", make_cfg(text_column="body"), multi_label=False)
+        task(False).table(df, "src.csv", make_cfg(text_column="body"))
 
 
 def test_to_table_empty_text_names_row():
     df = pd.DataFrame([*ROWS, {"text": "   ", "label": "a"}])
     with pytest.raises(RecipeError, match=r"src\.csv row 4: empty text"):
-        data.to_table(df, "src.csv", make_cfg(), multi_label=False)
+        task(False).table(df, "src.csv", make_cfg())
 
 
 def test_multi_label_json_list(tmp_path):
@@ -180,16 +193,16 @@ def test_multi_label_json_list(tmp_path):
     rows = [{"text": "x", "label": ["b", "a"]}, {"text": "y", "label": ["c"]}, {"text": "z", "label": []}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = make_cfg()
-    table = data.to_table(data.read_file(str(path), cfg), str(path), cfg, multi_label=True)
+    table = task(True).table(data.read_file(str(path), cfg), str(path), cfg)
     assert table.labels == [["a", "b"], ["c"], []]
-    assert data.label_set(table, multi_label=True) == ["a", "b", "c"]
+    assert labels_of(table, True) == ["a", "b", "c"]
 
 
 def test_multi_label_parquet_list_column(tmp_path):
     path = tmp_path / "t.parquet"
     pd.DataFrame({"text": ["x", "y"], "label": [["b", "a"], ["a"]]}).to_parquet(path)
     cfg = make_cfg()
-    table = data.to_table(data.read_file(str(path), cfg), str(path), cfg, multi_label=True)
+    table = task(True).table(data.read_file(str(path), cfg), str(path), cfg)
     assert table.labels == [["a", "b"], ["a"]]
 
 
@@ -197,28 +210,28 @@ def test_multi_label_delimited_string(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("text,label\nx,b|a\ny, c \nz,a||b|a\n")
     cfg = make_cfg(label_delimiter="|")
-    table = data.to_table(data.read_file(str(path), cfg), str(path), cfg, multi_label=True)
+    table = task(True).table(data.read_file(str(path), cfg), str(path), cfg)
     assert table.labels == [["a", "b"], ["c"], ["a", "b"]]
 
 
 def test_single_label_with_list_label_is_an_error():
     df = pd.DataFrame({"text": ["x", "y"], "label": ["a", ["a", "b"]]})
     with pytest.raises(RecipeError, match=r"src row 2: .*is a list; use task=multi_label"):
-        data.to_table(df, "src", make_cfg(), multi_label=False)
+        task(False).table(df, "src", make_cfg())
 
 
 def test_single_label_empty_label_is_an_error():
     df = pd.DataFrame({"text": ["x", "y"], "label": ["a", " "]})
     with pytest.raises(RecipeError, match=r"src row 2: empty label"):
-        data.to_table(df, "src", make_cfg(), multi_label=False)
+        task(False).table(df, "src", make_cfg())
 
 
 def test_label_set():
-    table = data.Table("src", ["x", "y", "z"], None, ["b", "a", "b"], [1, 2, 3])
-    assert data.label_set(table, multi_label=False) == ["a", "b"]
-    one = data.Table("src", ["x", "y"], None, ["a", "a"], [1, 2])
+    table = Table("src", ["x", "y", "z"], None, ["b", "a", "b"], [1, 2, 3])
+    assert labels_of(table, False) == ["a", "b"]
+    one = Table("src", ["x", "y"], None, ["a", "a"], [1, 2])
     with pytest.raises(RecipeError, match="only one label"):
-        data.label_set(one, multi_label=False)
+        labels_of(one, False)
 
 
 # ---- seeded splits
@@ -233,7 +246,7 @@ def train_only(tmp_path):
 
 
 def test_split_disjoint_and_complete(train_only):
-    tables = data.load_splits(make_cfg(train=train_only, split=[0.7, 0.15, 0.15]), multi_label=False)
+    tables = data.load_splits(make_cfg(train=train_only, split=[0.7, 0.15, 0.15]), task(False))
     assert set(tables) == {"train", "validation", "test"}
     rows = {k: t.rows for k, t in tables.items()}
     assert len(rows["validation"]) == 30 and len(rows["test"]) == 30 and len(rows["train"]) == 140
@@ -249,9 +262,9 @@ def test_split_disjoint_and_complete(train_only):
 
 
 def test_split_is_seeded(train_only):
-    a = data.load_splits(make_cfg(train=train_only, split_seed=0), multi_label=False)
-    b = data.load_splits(make_cfg(train=train_only, split_seed=0), multi_label=False)
-    c = data.load_splits(make_cfg(train=train_only, split_seed=1), multi_label=False)
+    a = data.load_splits(make_cfg(train=train_only, split_seed=0), task(False))
+    b = data.load_splits(make_cfg(train=train_only, split_seed=0), task(False))
+    c = data.load_splits(make_cfg(train=train_only, split_seed=1), task(False))
     for k in ("train", "validation", "test"):
         assert a[k].rows == b[k].rows
     assert set(a["test"].rows) != set(c["test"].rows)
@@ -265,39 +278,39 @@ def test_split_errors_name_the_original_row(tmp_path):
     pd.DataFrame(rows).to_csv(path, index=False)
     for seed in (0, 1, 2):
         with pytest.raises(RecipeError, match=r"train\.csv( \((validation|test) part\))? row 57: empty text"):
-            data.load_splits(make_cfg(train=str(path), split_seed=seed), multi_label=False)
+            data.load_splits(make_cfg(train=str(path), split_seed=seed), task(False))
 
 
 def test_split_test_alone_matches_full_load(train_only):
     cfg = make_cfg(train=train_only, split_seed=3)
-    full = data.load_splits(cfg, multi_label=False)
-    alone = data.load_splits(cfg, multi_label=False, needed=("test",))
+    full = data.load_splits(cfg, task(False))
+    alone = data.load_splits(cfg, task(False), needed=("test",))
     assert set(alone) == {"test"}
     assert alone["test"].rows == full["test"].rows
     assert alone["test"].texts == full["test"].texts
-    val_alone = data.load_splits(cfg, multi_label=False, needed=("validation",))
+    val_alone = data.load_splits(cfg, task(False), needed=("validation",))
     assert val_alone["validation"].rows == full["validation"].rows
 
 
 def test_given_files_are_used_whole(train_only, tmp_path):
     test_path = tmp_path / "test.csv"
     pd.DataFrame(ROWS).to_csv(test_path, index=False)
-    tables = data.load_splits(make_cfg(train=train_only, test=str(test_path)), multi_label=False)
+    tables = data.load_splits(make_cfg(train=train_only, test=str(test_path)), task(False))
     assert tables["test"].texts == [r["text"] for r in ROWS] and tables["test"].rows == [1, 2, 3]
     assert "validation" not in tables and len(tables["train"].rows) == 200  # nothing carved off silently
-    tables = data.load_splits(make_cfg(train=train_only, validation=str(test_path)), multi_label=False)
+    tables = data.load_splits(make_cfg(train=train_only, validation=str(test_path)), task(False))
     assert "test" not in tables and len(tables["train"].rows) == 200
 
 
 def test_explicit_split_carves_validation_beside_a_test_file(train_only, tmp_path):
     test_path = tmp_path / "test.csv"
     pd.DataFrame(ROWS).to_csv(test_path, index=False)
-    tables = data.load_splits(make_cfg(train=train_only, test=str(test_path), split=[0.8, 0.2, 0.0]), multi_label=False)
+    tables = data.load_splits(make_cfg(train=train_only, test=str(test_path), split=[0.8, 0.2, 0.0]), task(False))
     assert len(tables["validation"].rows) == 40 and len(tables["train"].rows) == 160 and tables["test"].rows == [1, 2, 3]
 
 
 def test_zero_fraction_is_not_carved(train_only):
-    tables = data.load_splits(make_cfg(train=train_only, split=[0.9, 0.1, 0.0]), multi_label=False)
+    tables = data.load_splits(make_cfg(train=train_only, split=[0.9, 0.1, 0.0]), task(False))
     assert set(tables) == {"train", "validation"}
     assert len(tables["train"].rows) == 180
 
@@ -324,33 +337,33 @@ def test_data_config_checks(overrides, needle):
 
 
 def test_encode_with_label2id(tokenizer):
-    table = data.Table("src", ["hello world", "a much longer message with more words in it", "hi"], None,
+    table = Table("src", ["hello world", "a much longer message with more words in it", "hi"], None,
                        ["b", "a", "c"], [1, 2, 3])
-    enc = data.encode(table, tokenizer, {"a": 0, "b": 1, "c": 2}, 64, multi_label=False)
+    enc = task(False, list({"a": 0, "b": 1, "c": 2})).encode(table, tokenizer, 64)
     assert enc.labels.tolist() == [1, 0, 2] and enc.labels.dtype == torch.int64
     assert enc.lengths.tolist() == [len(x) for x in enc.features["input_ids"]]
     assert enc.lengths[1] > enc.lengths[0] > enc.lengths[2]
-    short = data.encode(table, tokenizer, {"a": 0, "b": 1, "c": 2}, 5, multi_label=False)
+    short = task(False, list({"a": 0, "b": 1, "c": 2})).encode(table, tokenizer, 5)
     assert short.lengths.max() == 5  # truncated to max_length
 
 
 def test_encode_multi_label(tokenizer):
-    table = data.Table("src", ["x", "y", "z"], None, [["a", "c"], [], ["b"]], [1, 2, 3])
-    enc = data.encode(table, tokenizer, {"a": 0, "b": 1, "c": 2}, 16, multi_label=True)
+    table = Table("src", ["x", "y", "z"], None, [["a", "c"], [], ["b"]], [1, 2, 3])
+    enc = task(True, list({"a": 0, "b": 1, "c": 2})).encode(table, tokenizer, 16)
     assert enc.labels.dtype == torch.float32
     assert enc.labels.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0]]
 
 
 def test_encode_unseen_label(tokenizer):
-    table = data.Table("test.csv", ["x", "y"], None, ["a", "returns"], [1, 7])
+    table = Table("test.csv", ["x", "y"], None, ["a", "returns"], [1, 7])
     with pytest.raises(RecipeError, match=r"test\.csv row 7: label 'returns' was not seen in training"):
-        data.encode(table, tokenizer, {"a": 0, "b": 1}, 16, multi_label=False)
+        task(False, list({"a": 0, "b": 1})).encode(table, tokenizer, 16)
 
 
 def test_collate_pads_to_longest(tokenizer):
     texts = ["short", "a somewhat longer message than the first one", "a really quite long message " * 3, "mid size text"]
-    table = data.Table("src", texts, None, ["a", "b", "a", "b"], [1, 2, 3, 4])
-    enc = data.encode(table, tokenizer, {"a": 0, "b": 1}, 128, multi_label=False)
+    table = Table("src", texts, None, ["a", "b", "a", "b"], [1, 2, 3, 4])
+    enc = task(False, list({"a": 0, "b": 1})).encode(table, tokenizer, 128)
     pad = tokenizer.pad_token_id
     idx = [0, 1, 3]  # not the longest example overall
     batch = data.collate(enc, idx, pad)
@@ -366,8 +379,8 @@ def test_collate_pads_to_longest(tokenizer):
 
 
 def test_collate_uses_given_pad_id(tokenizer):
-    table = data.Table("src", ["short", "a longer message here"], None, ["a", "b"], [1, 2])
-    enc = data.encode(table, tokenizer, {"a": 0, "b": 1}, 32, multi_label=False)
+    table = Table("src", ["short", "a longer message here"], None, ["a", "b"], [1, 2])
+    enc = task(False, list({"a": 0, "b": 1})).encode(table, tokenizer, 32)
     batch = data.collate(enc, np.array([0, 1]), pad_id=777)
     n = enc.lengths[0]
     assert n < batch["input_ids"].shape[1]
@@ -376,8 +389,8 @@ def test_collate_uses_given_pad_id(tokenizer):
 
 
 def test_collate_pair_has_token_type_ids(tokenizer):
-    table = data.Table("src", ["the first sentence", "one"], ["and the second", "two words here"], ["a", "b"], [1, 2])
-    enc = data.encode(table, tokenizer, {"a": 0, "b": 1}, 64, multi_label=False)
+    table = Table("src", ["the first sentence", "one"], ["and the second", "two words here"], ["a", "b"], [1, 2])
+    enc = task(False, list({"a": 0, "b": 1})).encode(table, tokenizer, 64)
     batch = data.collate(enc, [0, 1], tokenizer.pad_token_id)
     assert "token_type_ids" in batch
     tt, mask = batch["token_type_ids"], batch["attention_mask"]
@@ -454,10 +467,10 @@ def test_tiny_data_round_trip(tmp_path, tokenizer):
     """make_rows -> csv -> load_splits -> encode -> batches -> collate, as training does."""
     path = tmp_path / "train.csv"
     pd.DataFrame(make_rows(60, 0)).to_csv(path, index=False)
-    tables = data.load_splits(make_cfg(train=str(path)), multi_label=False, needed=("train", "validation"))
-    labels = data.label_set(tables["train"], multi_label=False)
+    tables = data.load_splits(make_cfg(train=str(path)), task(False), needed=("train", "validation"))
+    labels = labels_of(tables["train"], False)
     assert labels == ["billing", "shipping", "technical"]
-    enc = data.encode(tables["train"], tokenizer, {l: i for i, l in enumerate(labels)}, 32, multi_label=False)
+    enc = task(False, labels).encode(tables["train"], tokenizer, 32)
     batches = data.epoch_batches(enc.lengths, 8, 0, 0, True, 2)
     batch = data.collate(enc, batches[0], tokenizer.pad_token_id)
     assert batch["input_ids"].shape[0] == len(batches[0]) and batch["labels"].shape == (len(batches[0]),)

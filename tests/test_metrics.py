@@ -4,9 +4,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from recipes import metrics
-from recipes.evaluate import score
+from recipes.data import Encoded
+from recipes.tasks.multi_label import MultiLabel
+from recipes.tasks.single_label import SingleLabel
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -133,12 +136,16 @@ def logit(p):
     return np.log(p / (1 - p)).astype(np.float32)
 
 
+def targets(y):
+    return Encoded({}, np.zeros(len(y), int), torch.from_numpy(np.asarray(y)))
+
+
 def test_score_single_label_loss_and_metrics():
     logits = np.zeros((6, 3), np.float32)
-    result = score(logits, Y, LABELS, multi_label=False, task=None)
+    result = SingleLabel(None, LABELS).score(logits, targets(Y))
     assert result["loss"] == pytest.approx(math.log(3), rel=1e-5)  # uniform prediction over 3 classes
     assert "thresholds" not in result
-    result = score(one_hot_logits(PRED, high=50.0), Y, LABELS, multi_label=False, task=None)
+    result = SingleLabel(None, LABELS).score(one_hot_logits(PRED, high=50.0), targets(Y))
     assert result["accuracy"] == pytest.approx(4 / 6)
     assert result["f1_macro"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
     assert result["loss"] == pytest.approx(2 * 50 / 6, rel=1e-3)  # two confident mistakes out of six
@@ -146,7 +153,7 @@ def test_score_single_label_loss_and_metrics():
 
 def test_score_multi_label_tunes_thresholds():
     task = SimpleNamespace(threshold=0.5, tune_thresholds=True, tune_min_positives=1)
-    result = score(logit(ML_PROBS), ML_Y, ML_LABELS, multi_label=True, task=task)
+    result = MultiLabel(task, ML_LABELS).score(logit(ML_PROBS), targets(ML_Y), tune=True)
     assert len(result["thresholds"]) == 3
     assert result["thresholds"][0] == pytest.approx(0.4, abs=1e-5)  # tuned in probability space
     assert result["per_class"]["x"]["f1"] == pytest.approx(0.8)
@@ -157,22 +164,18 @@ def test_score_multi_label_tunes_thresholds():
 
 def test_score_multi_label_fixed_threshold_without_tuning():
     task = SimpleNamespace(threshold=0.5, tune_thresholds=False, tune_min_positives=1)
-    result = score(logit(ML_PROBS), ML_Y, ML_LABELS, multi_label=True, task=task)
+    result = MultiLabel(task, ML_LABELS).score(logit(ML_PROBS), targets(ML_Y), tune=True)
     assert result["thresholds"] == [0.5, 0.5, 0.5]
     assert result["accuracy"] == pytest.approx(0.5)
 
 
 def test_score_multi_label_uses_given_thresholds():
-    task = SimpleNamespace(threshold=0.5, tune_thresholds=True, tune_min_positives=1)  # must not tune when thresholds are given
-    given = np.array([0.65, 0.5, 0.5])
-    result = score(logit(ML_PROBS), ML_Y, ML_LABELS, multi_label=True, task=task, thresholds=given)
+    given = np.array([0.65, 0.5, 0.5])  # a trained model's: evaluation scores at these
+    result = MultiLabel(None, ML_LABELS, given).score(logit(ML_PROBS), targets(ML_Y))
     assert result["thresholds"] == pytest.approx([0.65, 0.5, 0.5])
     assert result["per_class"]["x"]["precision"] == pytest.approx(1.0)
     assert result["per_class"]["x"]["recall"] == pytest.approx(0.5)
     assert result["accuracy"] == pytest.approx(0.75)
-    # evaluation passes task=None together with the thresholds saved in the model
-    again = score(logit(ML_PROBS), ML_Y, ML_LABELS, multi_label=True, task=None, thresholds=given)
-    assert again["accuracy"] == result["accuracy"]
 
 
 def assert_png(path):

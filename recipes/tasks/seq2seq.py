@@ -1,0 +1,175 @@
+"""Sequence to sequence (summarization, title generation): teacher-forced training, evaluation by generation with ROUGE.
+
+Any AutoModelForSeq2SeqLM (T5, BART, ...) trains as it is. An encoder-only checkpoint (BERT, MiniLM) becomes
+an encoder-decoder warm-started from it on both sides (Rothe et al., 2020): the decoder's self-attention is
+made causal and its cross-attention is new.
+"""
+import json
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from rouge_score import rouge_scorer
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, EncoderDecoderModel, GenerationConfig
+
+from recipes import data, metrics
+from recipes.checks import require
+from recipes.errors import RecipeError
+from recipes.model import from_pretrained_quietly, quiet_loading, resolve
+from recipes.predict import over_batches
+
+METRICS = ("rougeL", "rouge1", "rouge2", "loss")
+ROUGE = ("rouge1", "rouge2", "rougeL")
+
+
+@dataclass
+class Config:
+    type: str = MISSING
+    metric: str = MISSING  # validation metric that picks the best checkpoint: rougeL, rouge1, rouge2 (F-measures), or loss
+    max_target_length: int = MISSING  # target tokens kept for training (longer targets are truncated)
+    num_beams: int = MISSING
+    max_new_tokens: int = MISSING
+    length_penalty: float = MISSING  # > 1 favours longer outputs in beam search
+    no_repeat_ngram_size: int = MISSING  # 0: repeats allowed
+
+
+def check(cfg) -> None:
+    for key in ("max_target_length", "num_beams", "max_new_tokens"):
+        require(cfg[key] >= 1, f"task.{key}", cfg[key], "must be at least 1")
+    require(cfg.no_repeat_ngram_size >= 0, "task.no_repeat_ngram_size", cfg.no_repeat_ngram_size, "must be >= 0")
+
+
+@dataclass
+class Table:
+    source: str
+    texts: List[str]
+    targets: List[str]
+    rows: List[int]
+
+
+@dataclass
+class Predictions:
+    texts: List[str]
+    loss: float
+
+
+def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: the start token, then the targets but the last."""
+    inputs = torch.full_like(labels, pad)
+    inputs[:, 0] = start
+    inputs[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == data.IGNORE, pad)
+    return inputs
+
+
+class Seq2Seq:
+    name = "seq2seq"
+    model_class = AutoModelForSeq2SeqLM
+
+    def __init__(self, cfg):
+        self.cfg = cfg  # None for a trained model: its generation settings are in its generation_config
+
+    @classmethod
+    def from_model(cls, config):
+        return cls(None)
+
+    @property
+    def vocabulary(self):
+        return None
+
+    # ---- data
+    def table(self, df, source: str, data_cfg, rows: Optional[List[int]] = None) -> Table:
+        rows = rows if rows is not None else list(range(1, len(df) + 1))
+        data.require_columns(df, source, data_cfg, ("text_column", "label_column"))
+        texts = data.texts(df[data_cfg.text_column], source, data_cfg.text_column, rows)
+        for target, row in zip(df[data_cfg.label_column].tolist(), rows):
+            if not isinstance(target, str) or not target.strip():
+                raise RecipeError(f"{source} row {row}: empty target in column {data_cfg.label_column!r}; expected the text to generate")
+        return Table(source, texts, [t.strip() for t in df[data_cfg.label_column].tolist()], rows)
+
+    def fit(self, train: Table) -> None:
+        pass
+
+    def encode(self, table: Table, tokenizer, max_length: int) -> data.Encoded:
+        enc = tokenizer(table.texts, truncation=True, max_length=max_length)
+        target_length = self.cfg.max_target_length if self.cfg is not None else max_length
+        labels = tokenizer(text_target=table.targets, truncation=True, max_length=target_length + 1)["input_ids"]
+        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        # BERT-style tokenizers open every text with [CLS]: the decoder starts from it, so it is no target
+        labels = [ids[1:] if start is not None and ids and ids[0] == start else ids[:target_length] for ids in labels]
+        features = {"input_ids": enc["input_ids"]}
+        return data.Encoded(features, np.array([len(x) for x in enc["input_ids"]]), labels, table.targets)
+
+    # ---- model
+    def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
+        path = resolve(name_or_path)
+        if getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
+            model = from_pretrained_quietly(self.model_class, name_or_path, attn_implementation=attn)
+        else:
+            with quiet_loading():
+                model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, encoder_attn_implementation=attn,
+                                                                            decoder_attn_implementation=attn)
+            model.config.decoder_start_token_id = tokenizer.cls_token_id
+            model.config.eos_token_id = tokenizer.sep_token_id
+            model.config.pad_token_id = tokenizer.pad_token_id
+        c = self.cfg
+        model.generation_config = GenerationConfig(
+            decoder_start_token_id=model.config.decoder_start_token_id, eos_token_id=model.config.eos_token_id,
+            pad_token_id=model.config.pad_token_id, num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
+            length_penalty=c.length_penalty, no_repeat_ngram_size=c.no_repeat_ngram_size, early_stopping=c.num_beams > 1,
+        )
+        return model
+
+    def _logits(self, model, batch: Dict[str, torch.Tensor]):
+        targets = batch.pop("labels")
+        config = model.module.config if hasattr(model, "module") else model.config  # DDP wraps the model
+        decoder_inputs = shift_right(targets, config.decoder_start_token_id, config.pad_token_id)
+        logits = model(**batch, decoder_input_ids=decoder_inputs, decoder_attention_mask=(targets != data.IGNORE).long()).logits
+        return logits.float(), targets
+
+    def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        logits, targets = self._logits(model, batch)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=data.IGNORE)
+
+    # ---- evaluation
+    def predict(self, model, encoded: data.Encoded, rt, batch_size: int, dtype: torch.dtype, tokenizer) -> Predictions:
+        def generate(batch):
+            with torch.autocast(rt.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits, targets = self._logits(model, dict(batch))
+                out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=data.IGNORE, reduction="none").sum(1)
+            texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+            return [(t.strip(), float(l), int(n)) for t, l, n in zip(texts, losses, (targets != data.IGNORE).sum(1))]
+
+        out = over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, generate)
+        tokens = sum(n for _, _, n in out)
+        return Predictions([t for t, _, _ in out], sum(l for _, l, _ in out) / tokens if tokens else 0.0)
+
+    def score(self, predictions: Predictions, encoded: data.Encoded, tune: bool = False) -> Dict:
+        per_row = rouge_rows(encoded.extra, predictions.texts)
+        return {"loss": predictions.loss, **{k: float(np.mean(per_row[k])) for k in ROUGE}}
+
+    def save(self, config, result: Dict) -> None:
+        pass  # the generation settings travel in generation_config.json
+
+    def prediction_rows(self, table: Table, predictions: Predictions) -> List[str]:
+        per_row = rouge_rows(table.targets, predictions.texts)
+        return [json.dumps({"row": row, "text": text, "reference": ref, "prediction": pred, "rougeL": round(r, 5)}, ensure_ascii=False) + "\n"
+                for row, text, ref, pred, r in zip(table.rows, table.texts, table.targets, predictions.texts, per_row["rougeL"])]
+
+    def plots(self, run, predictions: Predictions, encoded: data.Encoded) -> List[str]:
+        per_row = rouge_rows(encoded.extra, predictions.texts)
+        run.write("rouge.png", lambda path: metrics.plot_rouge(per_row, path))
+        return ["rouge.png"]
+
+
+def rouge_rows(references: List[str], predictions: List[str]) -> Dict[str, List[float]]:
+    """ROUGE-1/2/L F-measures per row, with stemming (as rouge-score's and the papers' default)."""
+    scorer = rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=True)
+    scores = [scorer.score(r, p) for r, p in zip(references, predictions)]
+    return {k: [s[k].fmeasure for s in scores] for k in ROUGE}
+
+
+TASK = Seq2Seq

@@ -1,0 +1,209 @@
+"""Token classification (keyphrases, named entities): a BIO tag per word, entity-level metrics with seqeval.
+
+Words are split into sub-tokens; the first sub-token of each word carries its tag (all of them with
+label_all_subtokens). Documents longer than model.max_length are cut into overlapping windows, and
+each word is predicted by the window where it sits farthest from an edge, so nothing is truncated.
+"""
+import json
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from seqeval.metrics import classification_report
+from seqeval.metrics.sequence_labeling import get_entities
+from transformers import AutoModelForTokenClassification
+
+from recipes import data, metrics
+from recipes.checks import require
+from recipes.errors import RecipeError
+from recipes.model import from_pretrained_quietly
+from recipes.predict import over_batches
+
+METRICS = ("f1", "precision", "recall", "loss")
+
+
+@dataclass
+class Config:
+    type: str = MISSING
+    metric: str = MISSING  # validation metric that picks the best checkpoint: entity-level f1, precision, recall, or loss
+    label_all_subtokens: bool = MISSING  # false: only a word's first sub-token is labelled (the others are ignored by the loss)
+    window_overlap: int = MISSING  # sub-tokens shared by consecutive windows of a document longer than model.max_length
+
+
+def check(cfg) -> None:
+    require(cfg.window_overlap >= 0, "task.window_overlap", cfg.window_overlap, "must be >= 0")
+
+
+@dataclass
+class Table:
+    source: str
+    tokens: List[List[str]]  # words of each document
+    tags: List[List[str]]  # one BIO tag per word
+    rows: List[int]  # where each document starts (line of a CoNLL file, row of a table)
+
+
+@dataclass
+class Windows:
+    doc: List[int]  # the document of each window
+    words: List[List[Optional[int]]]  # per window position: the word's index in its document, None for special tokens
+    gold: List[List[str]]  # every document's tags
+
+
+@dataclass
+class Predictions:
+    tags: List[List[str]]
+    loss: float
+
+
+def _strings(value, source: str, row: int, column: str, what: str) -> List[str]:
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise RecipeError(f"{source} row {row}: column {column!r} holds {type(value).__name__} {str(value)[:40]!r}; expected a non-empty list of {what}")
+    for v in value:
+        if not isinstance(v, str) or not v.strip():
+            raise RecipeError(f"{source} row {row}: {what[:-1]} {v!r} in column {column!r}; expected a non-empty string")
+    return [v.strip() for v in value]
+
+
+def _is_bio(tag: str) -> bool:
+    return tag == "O" or (tag[:2] in ("B-", "I-") and len(tag) > 2)
+
+
+class TokenClassification:
+    name = "token_classification"
+    model_class = AutoModelForTokenClassification
+
+    def __init__(self, cfg, labels: Optional[List[str]] = None, label_all_subtokens: bool = False, window_overlap: int = 0):
+        self.cfg = cfg
+        self.labels = labels
+        self.label_all_subtokens = cfg.label_all_subtokens if cfg is not None else label_all_subtokens
+        self.window_overlap = cfg.window_overlap if cfg is not None else window_overlap
+
+    @classmethod
+    def from_model(cls, config):
+        saved = config.text_recipes
+        return cls(None, [config.id2label[i] for i in range(config.num_labels)], saved["label_all_subtokens"], saved["window_overlap"])
+
+    # ---- data
+    def table(self, df, source: str, data_cfg, rows: Optional[List[int]] = None) -> Table:
+        rows = rows if rows is not None else list(range(1, len(df) + 1))
+        data.require_columns(df, source, data_cfg, ("text_column", "label_column"))
+        tokens, tags = [], []
+        for words, labels, row in zip(df[data_cfg.text_column].tolist(), df[data_cfg.label_column].tolist(), rows):
+            words = _strings(words, source, row, data_cfg.text_column, "tokens")
+            labels = _strings(labels, source, row, data_cfg.label_column, "tags")
+            if len(words) != len(labels):
+                raise RecipeError(f"{source} row {row}: {len(words)} tokens but {len(labels)} tags; expected one tag per token")
+            bad = next((t for t in labels if not _is_bio(t)), None)
+            if bad is not None:
+                raise RecipeError(f"{source} row {row}: tag {bad!r} is not a BIO tag; expected O, B-<type> or I-<type>")
+            tokens.append(words)
+            tags.append(labels)
+        if not tokens:
+            raise RecipeError(f"{source}: no documents")
+        return Table(source, tokens, tags, rows)
+
+    def fit(self, train: Table) -> None:
+        types = sorted({t[2:] for doc in train.tags for t in doc if t != "O"})
+        if not types:
+            raise RecipeError(f"{train.source}: every tag is O; the training data needs entities (B-<type>, I-<type>)")
+        self.labels = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+
+    @property
+    def vocabulary(self) -> List[str]:
+        return self.labels
+
+    def encode(self, table: Table, tokenizer, max_length: int) -> data.Encoded:
+        index = {l: i for i, l in enumerate(self.labels)}
+        for doc, row in zip(table.tags, table.rows):
+            unknown = next((t for t in doc if t not in index), None)
+            if unknown is not None:
+                raise RecipeError(f"{table.source} row {row}: tag {unknown!r} was not seen in training (model tags: {', '.join(self.labels)})")
+        if not tokenizer.is_fast:
+            raise RecipeError(f"{tokenizer.name_or_path}: token classification needs a fast tokenizer (word alignment)")
+        overlap = min(self.window_overlap, max_length // 2)  # a window must move forward
+        enc = tokenizer(table.tokens, is_split_into_words=True, truncation=True, max_length=max_length, stride=overlap,
+                        return_overflowing_tokens=True)
+        docs = list(enc["overflow_to_sample_mapping"])
+        words = [enc.word_ids(w) for w in range(len(docs))]
+        labels = []
+        for doc, ids in zip(docs, words):
+            tags, row, previous = table.tags[doc], [], None
+            for w in ids:
+                if w is None or (w == previous and not self.label_all_subtokens):
+                    row.append(data.IGNORE)
+                else:  # a word's later sub-tokens continue its entity: I-, not B-
+                    tag = tags[w] if w != previous else tags[w].replace("B-", "I-", 1)
+                    row.append(index[tag])
+                previous = w
+            labels.append(row)
+        features = {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
+        return data.Encoded(features, np.array([len(x) for x in enc["input_ids"]]), labels, Windows(docs, words, table.tags))
+
+    # ---- model
+    def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
+        return from_pretrained_quietly(self.model_class, name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+                                       label2id={l: i for i, l in enumerate(self.labels)}, attn_implementation=attn)
+
+    def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        targets = batch.pop("labels")
+        logits = model(**batch).logits.float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=data.IGNORE)
+
+    # ---- evaluation
+    def predict(self, model, encoded: data.Encoded, rt, batch_size: int, dtype: torch.dtype, tokenizer) -> Predictions:
+        def per_window(batch):
+            targets = batch.pop("labels")
+            with torch.autocast(rt.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = model(**batch).logits.float()
+            losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=data.IGNORE, reduction="none").sum(1)
+            counts = (targets != data.IGNORE).sum(1)
+            return [(lg[: int(n)].cpu().numpy(), float(l), int(c))
+                    for lg, n, l, c in zip(logits, batch["attention_mask"].sum(1), losses, counts)]
+
+        out = over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, per_window)
+        w = encoded.extra
+        best = [dict() for _ in w.gold]  # per document: word -> (distance from the window's edge, tag id)
+        for (logits, _, _), doc, words in zip(out, w.doc, w.words):
+            previous = None
+            for pos, word in enumerate(words[: len(logits)]):
+                if word is not None and word != previous:
+                    distance = min(pos, len(logits) - 1 - pos)
+                    if word not in best[doc] or distance > best[doc][word][0]:
+                        best[doc][word] = (distance, int(logits[pos].argmax()))
+                previous = word
+        # a word no sub-token stands for (e.g. a lone control character) is predicted O
+        tags = [[self.labels[found[i][1]] if i in found else "O" for i in range(len(gold))] for found, gold in zip(best, w.gold)]
+        tokens = sum(c for _, _, c in out)
+        return Predictions(tags, sum(l for _, l, _ in out) / tokens if tokens else 0.0)
+
+    def score(self, predictions: Predictions, encoded: data.Encoded, tune: bool = False) -> Dict:
+        report = classification_report(encoded.extra.gold, predictions.tags, output_dict=True, zero_division=0)
+        micro = report["micro avg"]
+        per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]), "support": int(v["support"])}
+                    for k, v in report.items() if not k.endswith(" avg")}
+        return {"loss": predictions.loss, "precision": float(micro["precision"]), "recall": float(micro["recall"]),
+                "f1": float(micro["f1-score"]), "per_type": per_type}
+
+    def save(self, config, result: Dict) -> None:
+        config.text_recipes.update(label_all_subtokens=self.label_all_subtokens, window_overlap=self.window_overlap)
+
+    def prediction_rows(self, table: Table, predictions: Predictions) -> List[str]:
+        def spans(words, tags):
+            return [{"text": " ".join(words[s : e + 1]), "type": t, "start": s, "end": e + 1} for t, s, e in get_entities(tags)]
+
+        return [json.dumps({"row": row, "tokens": words, "tags": gold, "prediction": pred, "spans": spans(words, pred),
+                            "gold_spans": spans(words, gold)}, ensure_ascii=False) + "\n"
+                for row, words, gold, pred in zip(table.rows, table.tokens, table.tags, predictions.tags)]
+
+    def plots(self, run, predictions: Predictions, encoded: data.Encoded) -> List[str]:
+        result = self.score(predictions, encoded)
+        run.write("entity_scores.png", lambda path: metrics.plot_entity_scores(result["per_type"], path))
+        return ["entity_scores.png"]
+
+
+TASK = TokenClassification

@@ -18,7 +18,7 @@ committed (the manifest's predict_seconds), the rate that matters for large inpu
 comparable with the loop, which excludes model loading too. Agreement with the fp32
 loop: of the row x label decisions (label at or above its saved threshold), and of whole label sets.
 
-    python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~20 min on 2 cores (7 of them training, once)
+    python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~12 min on 2 cores, plus ~7 min to train once
 """
 import argparse
 import json

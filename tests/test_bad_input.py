@@ -152,9 +152,9 @@ def test_missing_checkpoint(tiny_data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_checkpoint_that_is_not_a_trained_classifier(tiny_model, tiny_data, tmp_path):
+def test_checkpoint_that_is_not_a_trained_model(tiny_model, tiny_data, tmp_path):
     # a pretrained encoder directory (no classification head, no problem_type) instead of run_dir/model
     out = run_cli("evaluate", f"checkpoint={tiny_model}", "data=files", f"data.train={tiny_data['train']}",
                   f"data.test={tiny_data['test']}", f"output_dir={tmp_path / 'eval'}")
-    error_line(out, tiny_model, "not a classifier")
+    error_line(out, tiny_model, "not a model trained by text-recipes")
     assert_nothing_finished(tmp_path / "eval")

@@ -224,29 +224,27 @@ class SlurmScheduler(base.SlurmScheduler):
         return os.path.join(base._get_job_dirs().get(app_id, ""), LOG_DIR, name)
 
     def list(self) -> List[ListAppResponse]:
-        out = _run(["sacct", "--parsable2", "--noheader", "--allocations", "-S1970-01-01T00:00:01", "--format=JobID,State"])
-        source = "sacct"
-        if out is None:
-            out, source = _run(["squeue", "--noheader", "--format=%i|%T"]), "squeue"
         jobs: Dict[str, ListAppResponse] = {}
-        for line in (out or "").splitlines():
-            job_id, state = (line.split("|") + ["", ""])[:2]
-            job_id = job_id.split("+")[0]
-            if job_id.isdigit() and job_id not in jobs:
-                jobs[job_id] = ListAppResponse(app_id=job_id, state=_state(state))
-        if source == "squeue":  # finished jobs: from their exit records
-            for directory in {"", *base._get_job_dirs().values()}:
-                try:
-                    names = os.listdir(os.path.join(directory, LOG_DIR))
-                except OSError:
-                    continue
-                for n in names:
-                    m = re.fullmatch(r"slurm-(\d+)\.exit", n)
-                    if m and m.group(1) not in jobs:
-                        found = self._exit_record(m.group(1))
-                        if found is not None:
-                            jobs[m.group(1)] = ListAppResponse(app_id=m.group(1), state=found.state)
-        return list(jobs.values())
+        for command in (["sacct", "--parsable2", "--noheader", "--allocations", "-S1970-01-01T00:00:01", "--format=JobID,State"],
+                        ["squeue", "--noheader", "--format=%i|%T"]):
+            for line in (_run(command) or "").splitlines():
+                job_id, state = (line.split("|") + ["", ""])[:2]
+                job_id = job_id.split("+")[0]
+                if job_id.isdigit() and job_id not in jobs:
+                    jobs[job_id] = ListAppResponse(app_id=job_id, state=_state(state))
+        # finished jobs that accounting has not recorded yet (slurmdbd lags), or that a cluster without it has forgotten
+        for directory in {"", *base._get_job_dirs().values()}:
+            try:
+                names = os.listdir(os.path.join(directory, LOG_DIR))
+            except OSError:
+                continue
+            for n in names:
+                m = re.fullmatch(r"slurm-(\d+)\.exit", n)
+                if m and m.group(1) not in jobs:
+                    found = self._exit_record(m.group(1))
+                    if found is not None:
+                        jobs[m.group(1)] = ListAppResponse(app_id=m.group(1), state=found.state)
+        return sorted(jobs.values(), key=lambda j: int(j.app_id))
 
     # ---- logs
     def log_iter(self, app_id: str, role_name: str, k: int = 0, regex: Optional[str] = None, since: Optional[datetime] = None,

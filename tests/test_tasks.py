@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,8 +14,7 @@ import pytest
 import torch
 
 from recipes import data
-from recipes.errors import RecipeError
-from recipes.tasks.seq2seq import Predictions as Generated, rouge_rows
+from recipes.tasks.seq2seq import rouge_rows
 from recipes.tasks.token_classification import Predictions as Tagged, Table as TokenTable, TokenClassification
 from tests.conftest import ROOT, run_cli
 
@@ -152,7 +152,7 @@ def test_bad_conll_files(tiny_model, tmp_path, content, message):
                   "data.label_column=tags", f"data.train={bad}", f"data.validation={bad}", *tiny(tiny_model, tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1
-    assert __import__("re").search(message, out.stderr), out.stderr
+    assert re.search(message, out.stderr), out.stderr
 
 
 def test_ragged_token_lists_and_unknown_tags(tiny_model, conll, tmp_path):

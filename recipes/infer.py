@@ -1,4 +1,4 @@
-"""Batch inference: predict labels for every row of large text files with a trained classifier.
+"""Batch inference: predict every row of large text files with a trained model (labels, keyphrases or generated text).
 
     python run.py infer model_dir=outputs/<run>/model input=data/*.jsonl output=outputs/scored
 
@@ -25,7 +25,7 @@ from recipes import storage
 from recipes.errors import RecipeError
 from recipes.infer_input import Columns, list_files
 from recipes.infer_output import OutputDir, committed, finish, prepare, totals
-from recipes.infer_tasks import TASKS, Head
+from recipes.infer_tasks import Options, for_model
 
 log = logging.getLogger("text_recipes")
 
@@ -45,13 +45,6 @@ def _load_model_info(model_dir: str):
         tokenizer = AutoTokenizer.from_pretrained(local)
     except (OSError, ValueError) as e:
         raise RecipeError(f"model_dir={model_dir}: cannot load ({str(e).strip().splitlines()[0]})") from None
-    task = (getattr(config, "text_recipes", None) or {}).get("task")
-    if config.problem_type not in TASKS and task is not None:
-        raise RecipeError(f"model_dir={model_dir}: a {task} model; batch inference runs single_label and multi_label "
-                          "classifiers in this version (python run.py evaluate scores the others)")
-    if config.problem_type not in TASKS:
-        raise RecipeError(f"model_dir={model_dir}: not a classifier trained by text-recipes (config.problem_type={config.problem_type!r}; "
-                          f"expected {' or '.join(TASKS)})")
     return local, config, tokenizer
 
 
@@ -68,18 +61,21 @@ def _digest(directory: str) -> str:
     return h.hexdigest()
 
 
-def _columns(cfg, config) -> Columns:
+def _columns(cfg, config, task) -> Columns:
     trained = getattr(config, "text_recipes", None) or {}
     text = cfg.text_column or trained.get("text_column") or "text"
     pair = cfg.text_pair_column or trained.get("text_pair_column")
     names = tuple(cfg.column_names) if cfg.column_names is not None else None
+    if pair is not None and not task.pairs:
+        raise RecipeError(f"text_pair_column={pair!r}: a {type(task).__name__} model reads one text per row; leave it null")
     if pair == text:
         raise RecipeError(f"text_pair_column={pair!r}: must differ from text_column")
     return Columns(text=text, pair=pair, id=cfg.id_column, names=names)
 
 
 def _max_length(cfg, config, tokenizer) -> int:
-    limit = getattr(config, "max_position_embeddings", None) or 10**9
+    encoder = getattr(config, "encoder", config)  # an encoder-decoder reads its input with its encoder
+    limit = getattr(encoder, "max_position_embeddings", None) or 10**9
     if cfg.max_length is not None:
         if cfg.max_length > limit:
             raise RecipeError(f"max_length={cfg.max_length}: this model takes at most {limit} tokens")
@@ -179,24 +175,16 @@ def _unwrap(e: BaseException) -> BaseException:
     return e
 
 
-def _run(cfg, files, columns, max_length, config, tokenizer, local_model, out, markers) -> None:
+def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers) -> None:
     import ray
 
     from recipes.infer_pipeline import READ_CPUS, BlockSource, PredictSpec, Predictor, ReadSpec
 
-    labels = [config.id2label[i] for i in range(config.num_labels)]
-    thresholds = None
-    if config.problem_type == "multi_label_classification":
-        from recipes.tasks.multi_label import MultiLabel
-
-        thresholds = MultiLabel.from_model(config).thresholds
-    head = Head(labels, thresholds, cfg.all_scores, cfg.top_k)
     actors = _pool_size(cfg)
-    read_spec = ReadSpec(columns, cfg.block_rows, max_length, cfg.strict, config.problem_type, ray.put(tokenizer))
+    read_spec = ReadSpec(columns, cfg.block_rows, max_length, cfg.strict, task, ray.put(tokenizer))
     predict_spec = PredictSpec(
         cfg.model_dir, local_model, cfg.precision, cfg.gpus_per_actor > 0, cfg.threads_per_actor,
-        cfg.batch_size or (64 if cfg.gpus_per_actor > 0 else 16),
-        config.problem_type, head, columns.id or "id", cfg.output, cfg.output_format,
+        cfg.batch_size or (64 if cfg.gpus_per_actor > 0 else 16), task, columns.id or "id", cfg.output, cfg.output_format,
     )
     ds = ray.data.read_datasource(
         BlockSource(files, read_spec, _skip(markers)),
@@ -232,14 +220,15 @@ def _run(cfg, files, columns, max_length, config, tokenizer, local_model, out, m
 def infer(cfg) -> dict:
     start = time.time()
     local_model, config, tokenizer = _load_model_info(cfg.model_dir)
-    columns = _columns(cfg, config)
+    task = for_model(config, Options(cfg.all_scores, cfg.top_k, cfg.num_beams, cfg.max_new_tokens), f"model_dir={cfg.model_dir}")
+    columns = _columns(cfg, config, task)
     max_length = _max_length(cfg, config, tokenizer)
     files = list_files(cfg.input, cfg.format, columns)
     job = {
         "model_sha256": _digest(local_model),
         "files": [[f.name, f.size] for f in files],
         "columns": {"text": columns.text, "pair": columns.pair, "id": columns.id, "names": columns.names},
-        "settings": {k: cfg[k] for k in ("max_length", "precision", "block_rows", "output_format", "all_scores", "top_k")},
+        "settings": {k: cfg[k] for k in ("max_length", "precision", "block_rows", "output_format", "all_scores", "top_k", "num_beams", "max_new_tokens")},
     }
     out = OutputDir(cfg.output)
     finished = prepare(out, job, cfg.overwrite)
@@ -249,7 +238,7 @@ def infer(cfg) -> dict:
     markers = committed(out)
     with ray_session():
         pipeline_start = time.time()
-        _run(cfg, files, columns, max_length, config, tokenizer, local_model, out, markers)
+        _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers)
         pipeline_seconds = time.time() - pipeline_start
     after = committed(out)
     counts = totals(after)

@@ -31,6 +31,8 @@ class InferConfig:
     output_format: str = MISSING  # parquet or jsonl
     all_scores: bool = MISSING  # also write every label's probability
     top_k: int = MISSING  # multi-label: the k most probable labels with their probabilities
+    num_beams: Optional[int] = MISSING  # seq2seq: beams of generation; null: the model's (saved by training)
+    max_new_tokens: Optional[int] = MISSING  # seq2seq: longest output in tokens; null: the model's
     strict: bool = MISSING  # a bad row ends the job instead of being counted and skipped
     overwrite: bool = MISSING  # replace what another job left in output
     precision: str = MISSING  # auto, fp32, bf16 or int8 (CPU: dynamic quantization of the linear layers)
@@ -68,6 +70,8 @@ def check(cfg) -> None:
              "int8 (dynamic quantization) runs on CPU only; use auto, bf16 or fp32 with gpus_per_actor > 0")
     for key in ("top_k", "block_rows", "threads_per_actor"):
         _require(cfg[key] >= 1, key, cfg[key], "must be at least 1")
+    for key in ("num_beams", "max_new_tokens"):
+        _require(cfg[key] is None or cfg[key] >= 1, key, cfg[key], "expected null (the model's setting) or at least 1")
     _require(cfg.batch_size is None or cfg.batch_size >= 1, "batch_size", cfg.batch_size, "expected null (by device) or at least 1")
     _require(cfg.actors is None or cfg.actors >= 1, "actors", cfg.actors, "expected null (from the cluster's resources) or at least 1")
     _require(cfg.gpus_per_actor >= 0, "gpus_per_actor", cfg.gpus_per_actor, "must be >= 0")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterator, List, Optional
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -30,7 +29,6 @@ from recipes import storage
 from recipes.errors import RecipeError
 from recipes.infer_input import BlockReader, Columns, InputFile, RawBlock
 from recipes.infer_output import OutputDir, commit_shard, shard_name
-from recipes.infer_tasks import TASKS, Encoded, Head
 
 # A read task's CPU reservation: small, so the actors (cpus_per_actor each) never take every CPU
 # and leave the read tasks that feed them waiting (a deadlock on 2-core machines).
@@ -44,7 +42,7 @@ class ReadSpec:
     block_rows: int
     max_length: int
     strict: bool
-    problem_type: str
+    task: object  # an infer_tasks class instance: its encode
     tokenizer: "ray.ObjectRef"  # put once, fetched once per worker process
 
 
@@ -56,8 +54,7 @@ class PredictSpec:
     use_gpu: bool
     threads: int
     batch_size: int
-    problem_type: str
-    head: Head
+    task: object  # an infer_tasks class instance: its predict
     id_name: str  # the id column of the output
     output: str
     output_format: str
@@ -80,21 +77,13 @@ def _unpack(data: bytes) -> pa.Table:
 
 
 def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) -> pa.Table:
-    """One row per input row: id, line, tokens (none for a bad row), and the reason a row is reported."""
+    """One row per input row: id, line, the task's encoded columns (null for a bad row), and the reason a row is reported."""
     reasons = [e[0] if e else None for e in block.errors]
     details = [e[1] if e else None for e in block.errors]
     good = [i for i, e in enumerate(block.errors) if e is None]
-    if good:
-        pairs = [block.pairs[i] for i in good] if spec.columns.pair is not None else None
-        enc = TASKS[spec.problem_type].encode(tokenizer, [block.texts[i] for i in good], pairs, spec.max_length)
-    else:
-        enc = Encoded([], None, [])
-    ids: List[List[int]] = [[] for _ in block.lines]
-    types: Optional[List[List[int]]] = [[] for _ in block.lines] if enc.token_type_ids is not None else None
+    pairs = [block.pairs[i] for i in good] if spec.columns.pair is not None else None
+    enc = spec.task.encode(tokenizer, [block.texts[i] for i in good], pairs, spec.max_length)
     for j, i in enumerate(good):
-        ids[i] = enc.input_ids[j]
-        if types is not None:
-            types[i] = enc.token_type_ids[j]
         if enc.truncated[j]:
             reasons[i], details[i] = TRUNCATED, f"longer than max_length={spec.max_length} tokens: predicted from the first {spec.max_length}"
     if spec.strict:
@@ -107,10 +96,12 @@ def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) ->
         "skipped": pa.array([e is not None for e in block.errors], pa.bool_()),
         "reason": pa.array(reasons, pa.string()),
         "detail": pa.array(details, pa.string()),
-        "input_ids": pa.array(ids, pa.list_(pa.int32())),
     }
-    if types is not None:
-        columns["token_type_ids"] = pa.array(types, pa.list_(pa.int8()))
+    position = [None] * len(block.lines)  # input row -> its encoded row
+    for j, i in enumerate(good):
+        position[i] = j
+    for name, values in enc.columns.items():
+        columns[name] = values.take(pa.array(position, pa.int64()))
     return pa.table(columns)
 
 
@@ -147,27 +138,21 @@ class BlockSource(Datasource):
         ]
 
 
-def _flat(column: pa.ChunkedArray, rows: np.ndarray) -> List[np.ndarray]:
-    arr = column.combine_chunks()
-    offsets, values = arr.offsets.to_numpy(), arr.values.to_numpy()
-    return [values[offsets[i] : offsets[i + 1]] for i in rows]
-
-
 class Predictor:
     """A Ray actor: loads the model once, then predicts and commits one input block per call."""
 
     def __init__(self, spec: PredictSpec):
         import torch
+        from transformers import AutoTokenizer
 
-        from recipes.infer_predict import load_for_inference
+        from recipes.infer_predict import Runner, load_for_inference
 
         torch.set_num_threads(spec.threads)  # Ray caps an actor's threads at its (fractional) CPU grant otherwise
         self.spec = spec
-        self.device = torch.device("cuda" if spec.use_gpu else "cpu")
+        device = torch.device("cuda" if spec.use_gpu else "cpu")
         model_dir = spec.local_model_dir if os.path.isdir(spec.local_model_dir) else self._download(spec.model_dir)
-        self.model, self.precision, self.dtype = load_for_inference(model_dir, spec.precision, self.device)
-        pad = self.model.config.pad_token_id
-        self.pad_id = 0 if pad is None else int(pad)
+        model, self.precision, dtype = load_for_inference(model_dir, spec.precision, device)
+        self.runner = Runner(model, AutoTokenizer.from_pretrained(model_dir), device, dtype, spec.batch_size)
         self.out = OutputDir(spec.output)
 
     @staticmethod
@@ -182,22 +167,17 @@ class Predictor:
         return pa.Table.from_pylist([self._commit(row) for row in batch.to_pylist()])
 
     def _commit(self, unit: dict) -> dict:
-        from recipes.infer_predict import predict_logits
-
         spec = self.spec
         started = time.time()
         table = _unpack(unit["data"])
-        skipped = table.column("skipped").to_numpy(zero_copy_only=False)
-        good = np.flatnonzero(~skipped)
-        types = _flat(table.column("token_type_ids"), good) if "token_type_ids" in table.column_names else None
-        logits = predict_logits(self.model, _flat(table.column("input_ids"), good), types, spec.batch_size, self.pad_id, self.device, self.dtype)
-        predictions = pa.table({spec.id_name: table.column("id").take(pa.array(good)), **TASKS[spec.problem_type].outputs(logits, spec.head)})
+        good = table.filter(pc.invert(table.column("skipped")))
+        predictions = pa.table({spec.id_name: good.column("id"), **spec.task.predict(self.runner, good)})
         reported = table.filter(pc.is_valid(table.column("reason"))).select(["line", "id", "reason", "detail"]).to_pylist()
         errors = [{"file": unit["file"], **e} for e in reported]
         bad: Dict[str, int] = {}
         for e in errors:
             bad[e["reason"]] = bad.get(e["reason"], 0) + 1
-        summary = {"rows": unit["rows"], "predicted": len(good), "bad": bad, "bytes": unit["bytes"], "precision": self.precision,
+        summary = {"rows": unit["rows"], "predicted": good.num_rows, "bad": bad, "bytes": unit["bytes"], "precision": self.precision,
                    "started": started, "ended": time.time(), "actor": f"{socket.gethostname()}:{os.getpid()}"}
         commit_shard(self.out, unit["shard"], self._writer(predictions), spec.output_format, errors, summary)
         return {"shard": unit["shard"], **summary, "bad": json.dumps(bad)}

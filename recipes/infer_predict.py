@@ -1,6 +1,7 @@
-"""A trained classifier ready for inference at a given precision, and its forward pass over length-sorted batches."""
+"""A trained model ready for inference at a given precision, and its forward passes over length-sorted batches."""
 import warnings
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,14 +40,10 @@ def _pad(seqs: Sequence[np.ndarray], width: int, value: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-@torch.inference_mode()
-def predict_logits(
-    model, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]],
-    batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype,
-) -> np.ndarray:
-    """Logits in input order; batches are cut from the rows sorted by length, so they pad little."""
+def _batches(input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]], batch_size: int,
+             pad_id: int) -> Iterator[Tuple[np.ndarray, dict]]:
+    """(row indices, padded CPU batch), cut from the rows sorted by length so that batches pad little."""
     lengths = np.array([len(x) for x in input_ids], dtype=np.int64)
-    out = np.empty((len(lengths), model.config.num_labels), dtype=np.float32)
     order = np.argsort(-lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -57,7 +54,59 @@ def predict_logits(
         }
         if token_type_ids is not None:
             batch["token_type_ids"] = _pad([token_type_ids[i] for i in idx], width, 0)
+        yield idx, batch
+
+
+@torch.inference_mode()
+def predict_logits(
+    model, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]],
+    batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype,
+) -> np.ndarray:
+    """A sequence classifier's logits, in input order."""
+    out = np.empty((len(input_ids), model.config.num_labels), dtype=np.float32)
+    for idx, batch in _batches(input_ids, token_type_ids, batch_size, pad_id):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         out[idx] = logits.float().cpu().numpy()
     return out
+
+
+@dataclass
+class Runner:
+    """What a predictor actor holds: the model at its precision, and the batching every task's predict uses."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.model.config.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    def logits(self, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+        return predict_logits(self.model, input_ids, token_type_ids, self.batch_size, self.pad_id, self.device, self.dtype)
+
+    @torch.inference_mode()
+    def token_logits(self, input_ids: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Per row: the logits of each of its tokens (a token classifier)."""
+        out: List[Optional[np.ndarray]] = [None] * len(input_ids)
+        for idx, batch in _batches(input_ids, None, self.batch_size, self.pad_id):
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = logits[row, : len(input_ids[i])]
+        return out
+
+    @torch.inference_mode()
+    def generate(self, input_ids: Sequence[np.ndarray], **settings) -> List[str]:
+        """Per row: the text a seq2seq model generates, by its generation_config and `settings`."""
+        out: List[Optional[str]] = [None] * len(input_ids)
+        for idx, batch in _batches(input_ids, None, self.batch_size, self.pad_id):
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                ids = self.model.generate(**{k: v.to(self.device) for k, v in batch.items()}, **settings)
+            for i, text in zip(idx, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                out[i] = text.strip()
+        return out

@@ -1,4 +1,4 @@
-"""Fine-tune a text classifier: an explicit PyTorch training loop.
+"""Fine-tune a text model for any task of recipes/tasks: an explicit PyTorch training loop.
 
     python run.py train [overrides]
 
@@ -88,167 +88,216 @@ def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Run
     run.publish("model")
 
 
-def train(cfg, rt: Runtime) -> dict:
-    tc = cfg.trainer
-    task = tasks.build(cfg.task)
-    run = checkpoint.RunDir(cfg.output_dir)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    checkpoint.check_run_dir(run, config_yaml)
-    run.check_writable()
+class Recipe:
+    """One training run: set up in __init__ (data, model, optimizer, resume); train() drives step / evaluate / save_checkpoint."""
 
-    # ---- data and model
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.max_length)
-    tables = data.load_splits(cfg.data, task, needed=("train", "validation"))
-    task.fit(tables["train"])
-    labels = task.vocabulary
-    train_data = task.encode(tables["train"], tokenizer, cfg.model.max_length)
-    val_data = task.encode(tables["validation"], tokenizer, cfg.model.max_length) if "validation" in tables else None
+    def __init__(self, cfg, rt: Runtime):
+        self.cfg, self.tc, self.rt = cfg, cfg.trainer, rt
+        self.task = tasks.build(cfg.task)
+        self.run = checkpoint.RunDir(cfg.output_dir)
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        checkpoint.check_run_dir(self.run, self.config_yaml)
+        self.run.check_writable()
+        self._setup_data()
+        self._setup_model()
+        self._resume()
 
-    dtype = autocast_dtype(tc.precision, rt.device)
-    seed_everything(tc.seed)  # the same classifier-head init on every rank
-    model = task.new_model(cfg.model.name_or_path, attn_implementation(cfg.model.attn_implementation, rt.device, dtype), train_data, tokenizer)
-    model.to(rt.device)
-    set_dropout(model, cfg.model.dropout)
-    if rt.device.type == "cpu":
-        use_cpu_dropout(model)
-    optimizer = make_optimizer(model, cfg.optim)
+    def _setup_data(self) -> None:
+        cfg, task = self.cfg, self.task
+        self.tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.max_length)
+        tables = data.load_splits(cfg.data, task, needed=("train", "validation"))
+        task.fit(tables["train"])
+        self.labels = task.vocabulary
+        self.train_data = task.encode(tables["train"], self.tokenizer, cfg.model.max_length)
+        self.val_data = task.encode(tables["validation"], self.tokenizer, cfg.model.max_length) if "validation" in tables else None
+        self.train_source = tables["train"].source
 
-    batches_per_epoch = len(data.epoch_batches(train_data.lengths, tc.batch_size, tc.seed, 0, False, 1, rt.rank, rt.world_size))
-    steps_per_epoch = math.ceil(batches_per_epoch / tc.grad_accum_steps)
-    if steps_per_epoch == 0:
-        raise RecipeError(f"{tables['train'].source}: {len(train_data.lengths)} examples are too few for {rt.world_size} processes")
-    total_steps = tc.max_steps if tc.max_steps > 0 else tc.epochs * steps_per_epoch
-    try:
-        scheduler = get_scheduler(cfg.optim.scheduler, optimizer, round(cfg.optim.warmup_fraction * total_steps), total_steps)
-    except ValueError as e:
-        raise RecipeError(f"optim.scheduler={cfg.optim.scheduler!r}: {e}") from None
+    def _setup_model(self) -> None:
+        cfg, tc, rt = self.cfg, self.tc, self.rt
+        self.dtype = autocast_dtype(tc.precision, rt.device)
+        seed_everything(tc.seed)  # the same head init on every rank
+        attn = attn_implementation(cfg.model.attn_implementation, rt.device, self.dtype)
+        self.model = self.task.new_model(cfg.model.name_or_path, attn, self.train_data, self.tokenizer).to(rt.device)
+        set_dropout(self.model, cfg.model.dropout)
+        if rt.device.type == "cpu":
+            use_cpu_dropout(self.model)
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+        batches = len(data.epoch_batches(self.train_data.lengths, tc.batch_size, tc.seed, 0, False, 1, rt.rank, rt.world_size))
+        self.steps_per_epoch = math.ceil(batches / tc.grad_accum_steps)
+        if self.steps_per_epoch == 0:
+            raise RecipeError(f"{self.train_source}: {len(self.train_data.lengths)} examples are too few for {rt.world_size} processes")
+        self.total_steps = tc.max_steps if tc.max_steps > 0 else tc.epochs * self.steps_per_epoch
+        try:
+            self.scheduler = get_scheduler(cfg.optim.scheduler, self.optimizer, round(cfg.optim.warmup_fraction * self.total_steps), self.total_steps)
+        except ValueError as e:
+            raise RecipeError(f"optim.scheduler={cfg.optim.scheduler!r}: {e}") from None
+        # on XLA, xla.step all-reduces the gradients instead of DDP
+        use_ddp = rt.distributed and not rt.xla
+        self.ddp = DistributedDataParallel(self.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if use_ddp else None
+        self.autocast = torch.autocast(rt.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        self.eval_every = tc.eval_every or self.steps_per_epoch
+        self.save_every = tc.save_every or self.steps_per_epoch
+        self.train_seconds, self.samples, self.writer = 0.0, 0, None
 
-    # ---- resume
-    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None, "bad_evals": 0, "history": []}
-    ckpt = checkpoint.load_latest(run)
-    if ckpt is not None:
-        if ckpt["labels"] != labels:
-            raise RecipeError(f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {labels}; use a new output_dir")
+    def _resume(self) -> None:
+        rt, run = self.rt, self.run
+        self.state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None, "bad_evals": 0, "history": []}
+        ckpt = checkpoint.load_latest(run)
+        if ckpt is None:
+            seed_everything(self.tc.seed + rt.rank)  # distinct dropout masks per rank
+            self.finished = False
+            return
+        if ckpt["labels"] != self.labels:
+            raise RecipeError(f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {self.labels}; use a new output_dir")
         if ckpt["world_size"] != rt.world_size:
             raise RecipeError(f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes, this job has {rt.world_size}; "
                               f"resume with {ckpt['world_size']} (nnodes x nproc_per_node), or start fresh with another output_dir")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = ckpt["state"]
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.state = ckpt["state"]
         set_rng_state(ckpt["rng"][rt.rank])
+        done = self.state["step"] >= self.total_steps or self.state.get("stopped")
+        self.finished = bool(done) and "metrics.json" in run.entries()
         if rt.is_main:
-            log.info("resuming %s from step %d", run.url, state["step"])
-    else:
-        seed_everything(tc.seed + rt.rank)  # distinct dropout masks per rank
-    if ckpt is not None and (state["step"] >= total_steps or state.get("stopped")) and "metrics.json" in run.entries():
-        if rt.is_main:  # a finished run relaunched: its outputs stay as they are
-            log.info("%s finished at step %d: nothing to do", run.url, state["step"])
-            print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")
-        return json.loads(run.read_text("metrics.json"))
-    if rt.is_main:
-        run.create()
-        run.write_text("config.yaml", config_yaml)
+            log.info("resuming %s from step %d", run.url, self.state["step"])
+
+    def start(self) -> None:
+        if not self.rt.is_main:
+            return
+        self.run.create()
+        self.run.write_text("config.yaml", self.config_yaml)
+        self.writer = SummaryWriter(str(self.run.path("tb")))
         log.info(
             "%d train / %s validation examples, %s labels, %d steps (%d per epoch), %s on %s x%d",
-            len(train_data.lengths), len(val_data.lengths) if val_data else 0, len(labels) if labels else "no", total_steps,
-            steps_per_epoch, str(dtype).replace("torch.", ""), rt.device.type, rt.world_size,
+            len(self.train_data.lengths), len(self.val_data.lengths) if self.val_data else 0, len(self.labels) if self.labels else "no",
+            self.total_steps, self.steps_per_epoch, str(self.dtype).replace("torch.", ""), self.rt.device.type, self.rt.world_size,
         )
 
-    # on XLA, xla.step all-reduces the gradients instead of DDP
-    ddp = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if rt.distributed and not rt.xla else None
-    train_model = ddp or model
-    writer = SummaryWriter(str(run.path("tb"))) if rt.is_main else None
-    autocast = torch.autocast(rt.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    eval_every = tc.eval_every or steps_per_epoch
-    save_every = tc.save_every or steps_per_epoch
+    def epoch_groups(self) -> list:
+        """This epoch's batches (index arrays), grad_accum_steps of them per optimizer step."""
+        tc, rt = self.tc, self.rt
+        batches = data.epoch_batches(self.train_data.lengths, tc.batch_size, tc.seed, self.state["epoch"], tc.group_by_length,
+                                     tc.group_size, rt.rank, rt.world_size)
+        return [batches[i : i + tc.grad_accum_steps] for i in range(0, len(batches), tc.grad_accum_steps)]
 
-    def evaluate(step: int) -> bool:
+    def step(self, group) -> torch.Tensor:
+        """One optimizer step over a group of batches; returns its loss, still on the device."""
+        t0 = time.perf_counter()
+        loss_sum = 0.0
+        for i, idx in enumerate(group):
+            width = self.rt.batch_width(int(self.train_data.lengths[idx].max()))
+            batch = data.collate(self.train_data, idx, self.tokenizer.pad_token_id, width)
+            batch = {k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()}
+            sync = self.ddp is None or i == len(group) - 1
+            with (nullcontext() if sync else self.ddp.no_sync()), self.autocast:
+                loss = self.task.loss(self.ddp or self.model, batch) / len(group)
+            loss.backward()
+            loss_sum += loss.detach()  # read at log steps only: reading it syncs with the device
+            self.samples += len(idx)
+        if self.tc.max_grad_norm > 0:
+            clip_gradients(self.model, self.tc.max_grad_norm)
+        if self.rt.xla:
+            xla.step(self.optimizer)
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        self.state["step_in_epoch"] += 1
+        self.train_seconds += time.perf_counter() - t0
+        return loss_sum
+
+    def log(self, loss, progress) -> None:
+        step = self.state["step"]
+        if self.rt.is_main and (step % self.tc.log_every == 0 or step == self.total_steps):
+            loss, lr = float(loss), self.scheduler.get_last_lr()[0]
+            self.state["history"].append({"step": step, "train_loss": loss, "lr": lr})
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", lr, step)
+            progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+
+    def evaluate(self) -> bool:
         """Validate, keep the best model; returns True when early stopping says stop."""
-        predictions = task.predict(model, val_data, rt, tc.eval_batch_size, dtype, tokenizer)
-        result = task.score(predictions, val_data, tune=True)
-        value = result[cfg.task.metric]
+        cfg, rt, state, step = self.cfg, self.rt, self.state, self.state["step"]
+        predictions = self.task.predict(self.model, self.val_data, rt, self.tc.eval_batch_size, self.dtype, self.tokenizer)
+        result = self.task.score(predictions, self.val_data, tune=True)
         state["history"].append({"step": step, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}})
-        improved = metrics.best_is_better(cfg.task.metric, value, state["best"])
+        improved = metrics.best_is_better(cfg.task.metric, result[cfg.task.metric], state["best"])
         if improved:
-            state.update(best=value, best_step=step, bad_evals=0, best_metrics=result)
+            state.update(best=result[cfg.task.metric], best_step=step, bad_evals=0, best_metrics=result)
             if rt.is_main:
-                save_model(model, tokenizer, task, run, cfg.data, rt, result)
+                save_model(self.model, self.tokenizer, self.task, self.run, cfg.data, rt, result)
         else:
             state["bad_evals"] += 1
         if rt.is_main:
             for k, v in result.items():
                 if isinstance(v, float):
-                    writer.add_scalar(f"eval/{k}", v, step)
+                    self.writer.add_scalar(f"eval/{k}", v, step)
             log.info("step %d: validation %s loss=%.4f%s", step, metrics.headline(result), result["loss"], " (best)" if improved else "")
-        return tc.early_stopping_patience > 0 and state["bad_evals"] >= tc.early_stopping_patience
+        self.model.train()
+        return self.tc.early_stopping_patience > 0 and state["bad_evals"] >= self.tc.early_stopping_patience
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(self) -> None:
+        rt = self.rt
         rngs = rt.gather(rng_state())
-        tensors = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
         if rt.xla:
             tensors = xla.to_cpu(tensors)
         if rt.is_main:
-            checkpoint.save(
-                run, state["step"],
-                {**tensors, "scheduler": scheduler.state_dict(), "state": state, "rng": rngs, "labels": labels, "world_size": rt.world_size},
-                tc.keep_checkpoints,
-            )
+            checkpoint.save(self.run, self.state["step"], {
+                **tensors, "scheduler": self.scheduler.state_dict(), "state": self.state, "rng": rngs, "labels": self.labels,
+                "world_size": rt.world_size,
+            }, self.tc.keep_checkpoints)
         rt.barrier()
 
-    # ---- the loop
-    signals = StopSignals()
-    progress = tqdm(total=total_steps, initial=state["step"], disable=not rt.is_main, desc="train", unit="step",
+    def outputs(self) -> dict:
+        state, run = self.state, self.run
+        result = {
+            "metric": self.cfg.task.metric, "best_step": state["best_step"], "best_value": state["best"], "steps": state["step"],
+            "early_stopped": bool(state.get("stopped")),
+            "train_samples_per_second": self.samples * self.rt.world_size / self.train_seconds if self.train_seconds else None,
+            "validation": state.get("best_metrics"),
+        }
+        if self.rt.is_main:
+            if self.val_data is None:
+                save_model(self.model, self.tokenizer, self.task, run, self.cfg.data, self.rt)
+            run.write("training_curve.png", lambda path: metrics.plot_training_curve(state["history"], self.cfg.task.metric, path))
+            run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
+            self.writer.close()
+            run.publish("tb")
+            print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")
+        return result
+
+
+def train(cfg, rt: Runtime) -> dict:
+    recipe = Recipe(cfg, rt)
+    state, run = recipe.state, recipe.run
+    if recipe.finished:  # a finished run relaunched: its outputs stay as they are
+        if rt.is_main:
+            log.info("%s finished at step %d: nothing to do", run.url, state["step"])
+            print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")
+        return json.loads(run.read_text("metrics.json"))
+    recipe.start()
+    signals, stop = StopSignals(), state.get("stopped", False)
+    progress = tqdm(total=recipe.total_steps, initial=state["step"], disable=not rt.is_main, desc="train", unit="step",
                     mininterval=0.5 if sys.stderr.isatty() else 30)  # fewer lines in job logs
-    train_seconds, samples, stop = 0.0, 0, state.get("stopped", False)
     with logging_redirect_tqdm():
-        while state["step"] < total_steps and not stop:
-            batches = data.epoch_batches(train_data.lengths, tc.batch_size, tc.seed, state["epoch"], tc.group_by_length, tc.group_size, rt.rank, rt.world_size)
-            groups = [batches[i : i + tc.grad_accum_steps] for i in range(0, len(batches), tc.grad_accum_steps)]
-            model.train()
+        while state["step"] < recipe.total_steps and not stop:
+            groups = recipe.epoch_groups()
+            recipe.model.train()
             for group in groups[state["step_in_epoch"] :]:
-                t0 = time.perf_counter()
-                loss_sum = 0.0
-                for i, idx in enumerate(group):
-                    width = rt.batch_width(int(train_data.lengths[idx].max()))
-                    batch = {k: v.to(rt.device, non_blocking=True) for k, v in data.collate(train_data, idx, tokenizer.pad_token_id, width).items()}
-                    sync = ddp is None or i == len(group) - 1
-                    with (nullcontext() if sync else ddp.no_sync()), autocast:
-                        loss = task.loss(train_model, batch) / len(group)
-                    loss.backward()
-                    loss_sum += loss.detach()  # read at log steps only: reading it syncs with the device
-                    samples += len(idx)
-                if tc.max_grad_norm > 0:
-                    clip_gradients(model, tc.max_grad_norm)
-                if rt.xla:
-                    xla.step(optimizer)
-                else:
-                    optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                state["step_in_epoch"] += 1
-                train_seconds += time.perf_counter() - t0
-                step = state["step"]
+                recipe.log(recipe.step(group), progress)
                 progress.update()
-                if rt.is_main and (step % tc.log_every == 0 or step == total_steps):
-                    loss_sum, lr = float(loss_sum), scheduler.get_last_lr()[0]
-                    state["history"].append({"step": step, "train_loss": loss_sum, "lr": lr})
-                    writer.add_scalar("train/loss", loss_sum, step)
-                    writer.add_scalar("train/lr", lr, step)
-                    progress.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
-                end_of_epoch = state["step_in_epoch"] == len(groups)
+                step, last, end_of_epoch = state["step"], state["step"] == recipe.total_steps, state["step_in_epoch"] == len(groups)
                 if end_of_epoch:
-                    state["epoch"] += 1
-                    state["step_in_epoch"] = 0
-                last = step == total_steps
-                if val_data is not None and (step % eval_every == 0 or end_of_epoch or last):
-                    stop = evaluate(step)
-                    model.train()
+                    state["epoch"], state["step_in_epoch"] = state["epoch"] + 1, 0
+                if recipe.val_data is not None and (step % recipe.eval_every == 0 or end_of_epoch or last):
+                    stop = recipe.evaluate()
                 preempted = rt.any(signals.received is not None)
-                if step % save_every == 0 or end_of_epoch or last or stop or preempted:
+                if step % recipe.save_every == 0 or end_of_epoch or last or stop or preempted:
                     state["stopped"] = stop
-                    save_checkpoint()
+                    recipe.save_checkpoint()
                 if preempted:
                     progress.close()
                     signals.restore()
@@ -258,19 +307,4 @@ def train(cfg, rt: Runtime) -> dict:
                     break
     progress.close()
     signals.restore()
-
-    # ---- outputs
-    result = {
-        "metric": cfg.task.metric, "best_step": state["best_step"], "best_value": state["best"], "steps": state["step"],
-        "early_stopped": bool(state.get("stopped")), "train_samples_per_second": samples * rt.world_size / train_seconds if train_seconds else None,
-        "validation": state.get("best_metrics"),
-    }
-    if rt.is_main:
-        if val_data is None:
-            save_model(model, tokenizer, task, run, cfg.data, rt)
-        run.write("training_curve.png", lambda path: metrics.plot_training_curve(state["history"], cfg.task.metric, path))
-        run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
-        writer.close()
-        run.publish("tb")
-        print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")
-    return result
+    return recipe.outputs()

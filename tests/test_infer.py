@@ -241,7 +241,7 @@ def test_kill_9_mid_run_then_rerun_completes_exactly_once(models, tmp_path):
     assert list(sample.label) == [LABELS[j] for j in probs.argmax(1)]
 
 
-@pytest.mark.parametrize("case", ["no_model", "not_a_classifier", "empty_glob", "no_input", "not_parquet", "no_column",
+@pytest.mark.parametrize("case", ["no_model", "not_a_trained_model", "empty_glob", "no_input", "not_parquet", "no_column",
                                   "empty_directory", "foreign_output", "bad_key", "int8_gpu"])
 def test_errors_are_one_line_before_any_work(case, models, tiny_model, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a parcel"}])
@@ -249,8 +249,8 @@ def test_errors_are_one_line_before_any_work(case, models, tiny_model, tmp_path)
     model, args, needles = models["single"], [], []
     if case == "no_model":
         model, needles = tmp_path / "missing", [f"model_dir={tmp_path / 'missing'}", "no such directory"]
-    elif case == "not_a_classifier":
-        model, needles = tiny_model, ["not a classifier"]
+    elif case == "not_a_trained_model":
+        model, needles = tiny_model, ["not a model trained by text-recipes"]
     elif case == "empty_glob":
         src, needles = str(tmp_path / "*.parquet"), ["no files match"]
     elif case == "no_input":

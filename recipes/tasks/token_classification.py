@@ -6,7 +6,7 @@ each word is predicted by the window where it sits farthest from an edge, so not
 """
 import json
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -167,17 +167,9 @@ class TokenClassification:
 
         out = over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, per_window)
         w = encoded.extra
-        best = [dict() for _ in w.gold]  # per document: word -> (distance from the window's edge, tag id)
-        for (logits, _, _), doc, words in zip(out, w.doc, w.words):
-            previous = None
-            for pos, word in enumerate(words[: len(logits)]):
-                if word is not None and word != previous:
-                    distance = min(pos, len(logits) - 1 - pos)
-                    if word not in best[doc] or distance > best[doc][word][0]:
-                        best[doc][word] = (distance, int(logits[pos].argmax()))
-                previous = word
+        best = merge_windows([logits for logits, _, _ in out], w.doc, w.words, len(w.gold))
         # a word no sub-token stands for (e.g. a lone control character) is predicted O
-        tags = [[self.labels[found[i][1]] if i in found else "O" for i in range(len(gold))] for found, gold in zip(best, w.gold)]
+        tags = [[self.labels[found[i][0]] if i in found else "O" for i in range(len(gold))] for found, gold in zip(best, w.gold)]
         tokens = sum(c for _, _, c in out)
         return Predictions(tags, sum(l for _, l, _ in out) / tokens if tokens else 0.0)
 
@@ -204,6 +196,23 @@ class TokenClassification:
         result = self.score(predictions, encoded)
         run.write("entity_scores.png", lambda path: metrics.plot_entity_scores(result["per_type"], path))
         return ["entity_scores.png"]
+
+
+def merge_windows(logits: List[np.ndarray], docs: List[int], words: List[List[Optional[int]]], n_docs: int) -> List[Dict[int, Tuple[int, float]]]:
+    """Per document: word -> (tag id, its probability), from the window where the word's first sub-token sits
+    farthest from an edge (the most context on both sides)."""
+    best: List[Dict[int, Tuple[int, int, float]]] = [{} for _ in range(n_docs)]  # word -> (distance, tag id, probability)
+    for window, doc, ids in zip(logits, docs, words):
+        previous = None
+        for pos, word in enumerate(ids[: len(window)]):
+            if word is not None and word != previous:
+                distance = min(pos, len(window) - 1 - pos)
+                if word not in best[doc] or distance > best[doc][word][0]:
+                    z = np.exp(window[pos] - window[pos].max())
+                    tag = int(z.argmax())
+                    best[doc][word] = (distance, tag, float(z[tag] / z.sum()))
+            previous = word
+    return [{word: (tag, p) for word, (_, tag, p) in found.items()} for found in best]
 
 
 TASK = TokenClassification

@@ -152,7 +152,8 @@ class Predictor:
         device = torch.device("cuda" if spec.use_gpu else "cpu")
         model_dir = spec.local_model_dir if os.path.isdir(spec.local_model_dir) else self._download(spec.model_dir)
         model, self.precision, dtype = load_for_inference(model_dir, spec.precision, device)
-        self.runner = Runner(model, AutoTokenizer.from_pretrained(model_dir), device, dtype, spec.batch_size)
+        pad = model.config.pad_token_id
+        self.runner = Runner(model, AutoTokenizer.from_pretrained(model_dir), device, dtype, spec.batch_size, 0 if pad is None else int(pad))
         self.out = OutputDir(spec.output)
 
     @staticmethod

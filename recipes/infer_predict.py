@@ -57,18 +57,12 @@ def _batches(input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[
         yield idx, batch
 
 
-@torch.inference_mode()
 def predict_logits(
     model, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]],
     batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype,
 ) -> np.ndarray:
     """A sequence classifier's logits, in input order."""
-    out = np.empty((len(input_ids), model.config.num_labels), dtype=np.float32)
-    for idx, batch in _batches(input_ids, token_type_ids, batch_size, pad_id):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        out[idx] = logits.float().cpu().numpy()
-    return out
+    return Runner(model, None, device, dtype, batch_size, pad_id).logits(input_ids, token_type_ids)
 
 
 @dataclass
@@ -76,37 +70,39 @@ class Runner:
     """What a predictor actor holds: the model at its precision, and the batching every task's predict uses."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: object  # decodes generated text
     device: torch.device
     dtype: torch.dtype
     batch_size: int
+    pad_id: int
 
-    @property
-    def pad_id(self) -> int:
-        pad = self.model.config.pad_token_id
-        return 0 if pad is None else int(pad)
+    def _run(self, input_ids, token_type_ids, fn) -> Iterator[Tuple[np.ndarray, object]]:
+        """(row indices, fn(batch on the device)) per length-sorted batch, at the model's precision."""
+        with torch.inference_mode():
+            for idx, batch in _batches(input_ids, token_type_ids, self.batch_size, self.pad_id):
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                    yield idx, fn({k: v.to(self.device) for k, v in batch.items()})
 
     def logits(self, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
-        return predict_logits(self.model, input_ids, token_type_ids, self.batch_size, self.pad_id, self.device, self.dtype)
+        """Per row: a sequence classifier's logits."""
+        out = np.empty((len(input_ids), self.model.config.num_labels), dtype=np.float32)
+        for idx, logits in self._run(input_ids, token_type_ids, lambda batch: self.model(**batch).logits):
+            out[idx] = logits.float().cpu().numpy()
+        return out
 
-    @torch.inference_mode()
     def token_logits(self, input_ids: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Per row: the logits of each of its tokens (a token classifier)."""
         out: List[Optional[np.ndarray]] = [None] * len(input_ids)
-        for idx, batch in _batches(input_ids, None, self.batch_size, self.pad_id):
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        for idx, logits in self._run(input_ids, None, lambda batch: self.model(**batch).logits):
+            logits = logits.float().cpu().numpy()
             for row, i in enumerate(idx):
                 out[i] = logits[row, : len(input_ids[i])]
         return out
 
-    @torch.inference_mode()
     def generate(self, input_ids: Sequence[np.ndarray], **settings) -> List[str]:
         """Per row: the text a seq2seq model generates, by its generation_config and `settings`."""
         out: List[Optional[str]] = [None] * len(input_ids)
-        for idx, batch in _batches(input_ids, None, self.batch_size, self.pad_id):
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                ids = self.model.generate(**{k: v.to(self.device) for k, v in batch.items()}, **settings)
+        for idx, ids in self._run(input_ids, None, lambda batch: self.model.generate(**batch, **settings)):
             for i, text in zip(idx, self.tokenizer.batch_decode(ids, skip_special_tokens=True)):
                 out[i] = text.strip()
         return out

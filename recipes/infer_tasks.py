@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from recipes.errors import RecipeError
 
@@ -31,10 +32,13 @@ class Encoded:
     truncated: List[bool]  # rows that lost tokens to max_length
 
 
-def _column(table: pa.Table, name: str) -> List[np.ndarray]:
-    arr = table.column(name).combine_chunks()
+def _lists(arr: pa.ListArray) -> List[np.ndarray]:
     offsets, values = arr.offsets.to_numpy(), arr.values.to_numpy()
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(arr))]
+
+
+def _column(table: pa.Table, name: str) -> List[np.ndarray]:
+    return _lists(table.column(name).combine_chunks())
 
 
 def _truncating(tokenizer, texts: List[str], pairs: Optional[List[str]], max_length: int, token_types: bool):
@@ -173,11 +177,10 @@ class TokenClassification:
 
         from recipes.tasks.token_classification import merge_windows
 
-        windows = table.column("windows").to_pylist()
-        owner = [row for row, ws in enumerate(windows) for _ in ws]
-        flat = [np.asarray(w, dtype=np.int64) for ws in windows for w in ws]
-        word_ids = [[None if i < 0 else i for i in w] for ws in table.column("word_ids").to_pylist() for w in ws]
-        best = merge_windows(runner.token_logits(flat), owner, word_ids, len(windows))
+        windows = table.column("windows").combine_chunks()
+        owner = np.repeat(np.arange(len(windows)), pc.list_value_length(windows).to_numpy(zero_copy_only=False))
+        word_ids = [[None if i < 0 else i for i in w.tolist()] for w in _lists(table.column("word_ids").combine_chunks().flatten())]
+        best = merge_windows(runner.token_logits(_lists(windows.flatten())), owner, word_ids, len(windows))
         texts, offsets = table.column("text").to_pylist(), _column(table, "word_offsets")
         out = []
         for found, text, offset in zip(best, texts, offsets):

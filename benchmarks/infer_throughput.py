@@ -5,7 +5,7 @@ pairs by this project's own recipe (trained here once with a small step budget, 
 outputs/). The input is 2,000 papers that training did not see. In one run:
 
     (a) transformers.pipeline("text-classification"), batch size 1, and (b) batch size 32
-    (c) an in-process loop: rows sorted by length, batches of 16, the recipe's own forward
+    (c) an in-process loop: rows sorted by length, batch_infer's CPU batch size (16, int8: 8), the recipe's own forward
         (recipes.infer_predict), at fp32, int8 and (where the CPU multiplies bf16 faster) bf16
     (d) python run.py infer with 2 actors x 1 thread and 1 actor x 2 threads, at auto and int8
 
@@ -33,7 +33,6 @@ import numpy as np
 from machine import cpu_name  # benchmarks/, the script's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOP_BATCH = 16  # batch_infer's CPU default: faster here than 32 or 64 (measured on this 2-core machine)
 sys.path.insert(0, str(ROOT))
 
 
@@ -63,11 +62,19 @@ def train_model(train: Path, validation: Path, work: Path, steps: int, overrides
 
 def load_rows(path: Path):
     rows = [json.loads(l) for l in path.read_text().splitlines()]
-    return [r["id"] for r in rows], [r["title"] for r in rows], [r["abstract"] for r in rows]
+    return [r["id"] for r in rows], [r["title"] for r in rows], [r["abstract"] for r in rows], [set(r["categories"]) for r in rows]
 
 
 def label_sets(probs: np.ndarray, labels, thresholds: np.ndarray):
     return [frozenset(labels[j] for j in np.flatnonzero(p >= thresholds)) for p in probs]
+
+
+def f1_micro(predicted, truth) -> float:
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    binarizer = MultiLabelBinarizer().fit(list(predicted) + list(truth))
+    return float(f1_score(binarizer.transform(truth), binarizer.transform(predicted), average="micro"))
 
 
 def hf_pipeline(model_dir: str, titles, abstracts, batch_size: int) -> float:
@@ -82,11 +89,11 @@ def hf_pipeline(model_dir: str, titles, abstracts, batch_size: int) -> float:
 
 
 def loop(model_dir: str, titles, abstracts, precision: str):
-    """(rows/s, probabilities): the in-process loop, tokenization included."""
+    """(rows/s, probabilities, precision): the in-process loop at batch_infer's CPU batch size, tokenization included."""
     import torch
     from transformers import AutoTokenizer
 
-    from recipes.infer_predict import load_for_inference, predict_logits
+    from recipes.infer_predict import default_batch_size, load_for_inference, predict_logits
 
     torch.set_num_threads(os.cpu_count())
     cpu = torch.device("cpu")
@@ -96,7 +103,7 @@ def loop(model_dir: str, titles, abstracts, precision: str):
     start = time.perf_counter()
     enc = tokenizer(titles, abstracts, truncation=True, return_attention_mask=False)
     logits = predict_logits(model, [np.array(x) for x in enc["input_ids"]], [np.array(x) for x in enc["token_type_ids"]],
-                            LOOP_BATCH, tokenizer.pad_token_id, cpu, dtype)
+                            default_batch_size(name, False), tokenizer.pad_token_id, cpu, dtype)
     rate = len(titles) / (time.perf_counter() - start)
     return rate, 1 / (1 + np.exp(-logits)), name
 
@@ -129,8 +136,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="benchmark input rows")
     parser.add_argument("--pipeline-rows", type=int, default=500, help="rows for the (slow) HF pipeline baselines")
     parser.add_argument("--train-rows", type=int, default=12000)
-    parser.add_argument("--train-steps", type=int, default=150)
-    parser.add_argument("--train-override", nargs="*", default=[], help="more run.py train overrides, e.g. optim.lr=3e-4")
+    parser.add_argument("--train-steps", type=int, default=375, help="one epoch of --train-rows at batch 32")
+    parser.add_argument("--train-override", nargs="*", default=["optim.lr=3e-4"], help="more run.py train overrides")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "infer" / "infer_throughput.json"))
     args = parser.parse_args()
     work = Path(args.work)
@@ -140,13 +147,14 @@ def main() -> None:
 
     from transformers import AutoConfig
 
+    from recipes.infer_predict import default_batch_size
     from recipes.runtime import cpu_bf16_is_faster
     from recipes.tasks.multi_label import MultiLabel
 
     config = AutoConfig.from_pretrained(model_dir)
     labels = [config.id2label[i] for i in range(config.num_labels)]
     thresholds = MultiLabel.from_model(config).thresholds
-    ids, titles, abstracts = load_rows(src)
+    ids, titles, abstracts, truth = load_rows(src)
     results = []
 
     def record(run, rate, precision, sets=None, pipeline_rate=None, steady_rate=None):
@@ -155,7 +163,8 @@ def main() -> None:
         if sets is not None:
             one_hot = lambda s: np.array([[l in s[i] for l in labels] for i in ids])  # noqa: E731
             agree = {"decision_agreement_with_fp32": round(float((one_hot(sets) == one_hot(reference)).mean()), 5),
-                     "label_set_agreement_with_fp32": round(float(np.mean([sets[i] == reference[i] for i in ids])), 4)}
+                     "label_set_agreement_with_fp32": round(float(np.mean([sets[i] == reference[i] for i in ids])), 4),
+                     "f1_micro_vs_true_categories": round(f1_micro([sets[i] for i in ids], truth), 4)}
         results.append({"run": run, "precision": precision, "rows_per_s": round(rate, 1),
                         "pipeline_rows_per_s": None if pipeline_rate is None else round(pipeline_rate, 1),
                         "steady_rows_per_s": None if steady_rate is None else round(steady_rate, 1), **agree})
@@ -169,7 +178,7 @@ def main() -> None:
         rate, probs, name = loop(model_dir, titles, abstracts, precision)
         sets = dict(zip(ids, label_sets(probs, labels, thresholds)))
         reference = reference or sets
-        record(f"in-process loop, sorted by length, batch {LOOP_BATCH}", rate, name, sets)
+        record(f"in-process loop, sorted by length, batch {default_batch_size(name, False)}", rate, name, sets)
     for precision in ("auto", "int8"):
         for actors, threads in ((2, 1), (1, 2)):
             e2e, pipe_rate, steady, got, name = batch_infer(model_dir, src, work / "out", [f"precision={precision}", f"actors={actors}",
@@ -181,11 +190,12 @@ def main() -> None:
     out = {"cpu": cpu_name(), "model": model_dir, "rows": len(ids), "labels": len(labels), "results": results}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
-    print("\n| run | precision | rows/s | excl. Ray start | once models are loaded | decisions = fp32 | label sets = fp32 |\n"
-          "|---|---|---|---|---|---|---|")
+    print("\n| run | precision | rows/s | excl. Ray start | once models are loaded | decisions = fp32 | label sets = fp32 | F1 |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in results:
         cells = ["" if r.get(k) is None else r[k]
-                 for k in ("pipeline_rows_per_s", "steady_rows_per_s", "decision_agreement_with_fp32", "label_set_agreement_with_fp32")]
+                 for k in ("pipeline_rows_per_s", "steady_rows_per_s", "decision_agreement_with_fp32", "label_set_agreement_with_fp32",
+                           "f1_micro_vs_true_categories")]
         print(f"| {r['run']} | {r['precision']} | {r['rows_per_s']} | {' | '.join(map(str, cells))} |")
     plot(results, Path(args.results).with_suffix(".png"), out["cpu"])
 

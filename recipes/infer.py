@@ -179,12 +179,13 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
     import ray
 
     from recipes.infer_pipeline import READ_CPUS, BlockSource, PredictSpec, Predictor, ReadSpec
+    from recipes.infer_predict import default_batch_size
 
     actors = _pool_size(cfg)
     read_spec = ReadSpec(columns, cfg.block_rows, max_length, cfg.strict, task, ray.put(tokenizer))
     predict_spec = PredictSpec(
         cfg.model_dir, local_model, cfg.precision, cfg.gpus_per_actor > 0, cfg.threads_per_actor,
-        cfg.batch_size or (64 if cfg.gpus_per_actor > 0 else 16), task, columns.id or "id", cfg.output, cfg.output_format,
+        cfg.batch_size or default_batch_size(cfg.precision, cfg.gpus_per_actor > 0), task, columns.id or "id", cfg.output, cfg.output_format,
     )
     ds = ray.data.read_datasource(
         BlockSource(files, read_spec, _skip(markers)),

@@ -36,7 +36,7 @@ class InferConfig:
     strict: bool = MISSING  # a bad row ends the job instead of being counted and skipped
     overwrite: bool = MISSING  # replace what another job left in output
     precision: str = MISSING  # auto, fp32, bf16 or int8 (CPU: dynamic quantization of the linear layers)
-    batch_size: Optional[int] = MISSING  # rows per forward pass; null: 16 on CPU, 64 on GPUs
+    batch_size: Optional[int] = MISSING  # rows per forward pass; null: 16 on CPU (8 at int8), 64 on GPUs
     block_rows: int = MISSING  # input rows per output shard: the unit that is sorted by length and committed
     actors: Optional[int] = MISSING  # predictor actors; null: one per gpus_per_actor GPUs, or per threads_per_actor CPUs
     gpus_per_actor: float = MISSING  # the component's --gpu; 0: predict on CPU

@@ -1,4 +1,6 @@
 """A trained model ready for inference at a given precision, and its forward passes over length-sorted batches."""
+import ctypes
+import ctypes.util
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -21,15 +23,41 @@ def resolve_precision(precision: str, device: torch.device) -> Tuple[str, torch.
     return ("bf16" if dtype == torch.bfloat16 else "fp32"), dtype
 
 
+def default_batch_size(precision: str, use_gpu: bool) -> int:
+    """Rows per forward pass when infer's batch_size is null. Measured on a 2-core Xeon, one thread, MiniLM on
+    ~128-token rows: fp32 runs at the same rate from 4 to 16 rows (and slower at 64), int8 ~5 % faster at 8 than at 16."""
+    if use_gpu:
+        return 64
+    return 8 if precision == "int8" else 16
+
+
+def _keep_freed_memory() -> None:
+    """Make glibc keep freed memory in this process instead of returning it to the OS.
+
+    int8 forward passes allocate their activations afresh at every layer; glibc unmaps the large ones when freed and
+    the next layer page-faults them back in (GELU: 3 ms per call instead of 0.8). Kept, int8 runs at 80-83 rows/s
+    instead of 65 (one thread, MiniLM, 2-core Xeon); fp32 gains nothing. Peak memory is unchanged; the process holds it
+    until it exits. No-op where the C library is not glibc."""
+    libc = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(libc), "mallopt", None) if libc else None
+    if mallopt is not None:
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        mallopt(m_mmap_threshold, 32 << 20)  # serve blocks up to 32 MB (glibc's maximum) from the heap...
+        mallopt(m_trim_threshold, 1 << 30)  # ...and do not give the heap back until 1 GB of it is free
+
+
 def load_for_inference(model_dir: str, precision: str, device: torch.device):
-    """(model in eval mode on `device`, precision name, autocast dtype). int8: linear layers dynamically quantized."""
+    """(model in eval mode on `device`, precision name, autocast dtype). int8: linear layers dynamically quantized,
+    weights per output channel (as fast as per tensor here, and nearer fp32 on MiniLM)."""
     name, dtype = resolve_precision(precision, device)
     model, _, _ = load_trained(model_dir, attn_implementation(None, device, dtype))
     model.eval().to(device)
     if name == "int8":
+        _keep_freed_memory()
         with warnings.catch_warnings():  # torch deprecates quantized tensors in favour of torchao; still the fastest here
             warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
     return model, name, dtype
 
 

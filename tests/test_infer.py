@@ -313,4 +313,5 @@ def test_int8_and_bf16_predict_close_to_fp32(models):
         assert (logits.argmax(1) == base.argmax(1)).mean() >= 0.8, precision
         assert np.corrcoef(logits.ravel(), base.ravel())[0, 1] > 0.9, precision
         if precision == "int8":
-            assert any("quantized.dynamic" in type(m).__module__ for m in model.modules())
+            quantized = [m for m in model.modules() if "quantized.dynamic" in type(m).__module__]
+            assert quantized and all(m.weight().qscheme() == torch.per_channel_affine for m in quantized)

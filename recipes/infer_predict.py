@@ -35,7 +35,7 @@ def _keep_freed_memory() -> None:
     """Make glibc keep freed memory in this process instead of returning it to the OS.
 
     int8 forward passes allocate their activations afresh at every layer; glibc unmaps the large ones when freed and
-    the next layer page-faults them back in (GELU: 3 ms per call instead of 0.8). Kept, int8 runs at 80-83 rows/s
+    the next layer page-faults them back in (GELU: 3 ms per call instead of 0.8). Kept, int8 runs at 83-85 rows/s
     instead of 65 (one thread, MiniLM, 2-core Xeon); fp32 gains nothing. Peak memory is unchanged; the process holds it
     until it exits. No-op where the C library is not glibc."""
     libc = ctypes.util.find_library("c")

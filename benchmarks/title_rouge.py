@@ -1,6 +1,6 @@
 """arXiv titles from abstracts: a trained seq2seq run against the first-10-words baseline, on the same held-out papers.
 
-    python run.py train data=arxiv_titles task=seq2seq output_dir=outputs/titles
+    python run.py train data=arxiv_titles task=seq2seq optim.lr=3e-4 trainer.epochs=2 output_dir=outputs/titles
     python benchmarks/title_rouge.py --run outputs/titles [--data ../shared/data]
 
 The baseline takes an abstract's first 10 words as its title. Both are scored with rouge-score (stemming) on the

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from recipes import data
-from recipes.tasks.seq2seq import rouge_rows
+from recipes.tasks.seq2seq import Seq2Seq, rouge_rows
 from recipes.tasks.token_classification import Predictions as Tagged, Table as TokenTable, TokenClassification
 from tests.conftest import ROOT, run_cli
 
@@ -202,6 +202,13 @@ def test_seq2seq_warm_started_encoder_decoder_trains_and_generates(tiny_model, t
 
     model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "model")
     tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
+    # warm-started: the encoder is frozen by default (task.freeze_encoder=null), the decoder trained
+    from transformers import AutoModel
+
+    start = AutoModel.from_pretrained(tiny_model).state_dict()
+    assert all(torch.equal(start[k], v) for k, v in model.encoder.state_dict().items())
+    assert not torch.equal(start["encoder.layer.0.attention.self.query.weight"],
+                           model.decoder.state_dict()["bert.encoder.layer.0.attention.self.query.weight"])
     assert model.generate(**tok(["we propose graph graph networks"], return_tensors="pt")).shape[1] <= 9
 
     out = run_cli("evaluate", f"checkpoint={tmp_path / 'run'}", "data=files", "data.text_column=abstract", "data.label_column=title",
@@ -224,6 +231,21 @@ def test_seq2seq_warm_started_encoder_decoder_trains_and_generates(tiny_model, t
     assert list(got.loc[[f"p{i}" for i in range(16)], "generated_text"]) == [r["prediction"] for r in rows]
     out = run_cli("infer", f"model_dir={tmp_path / 'run' / 'model'}", f"input={src}", f"output={tmp_path / 'pairs'}", "text_pair_column=title")
     assert out.returncode == 2 and "text_pair_column='title': a Seq2Seq model reads one text per row" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("freeze", [None, False])
+def test_warm_started_cross_attention_starts_as_self_attention(tiny_model, freeze):
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    cfg = OmegaConf.create({"num_beams": 1, "max_new_tokens": 4, "length_penalty": 1.0, "no_repeat_ngram_size": 0, "freeze_encoder": freeze})
+    model = Seq2Seq(cfg).new_model(tiny_model, "sdpa", None, AutoTokenizer.from_pretrained(tiny_model))
+    for layer in model.decoder.bert.encoder.layer:
+        own, cross = layer.attention.state_dict(), layer.crossattention.state_dict()
+        assert own.keys() == cross.keys() and all(torch.equal(own[k], cross[k]) for k in own)
+        assert layer.crossattention.self.query.weight is not layer.attention.self.query.weight  # copied, not shared
+    assert {p.requires_grad for p in model.encoder.parameters()} == {freeze is False}
+    assert {p.requires_grad for p in model.decoder.parameters()} == {True}
 
 
 def test_rouge_on_fixed_predictions():

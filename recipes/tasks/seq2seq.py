@@ -2,7 +2,8 @@
 
 Any AutoModelForSeq2SeqLM (T5, BART, ...) trains as it is. An encoder-only checkpoint (BERT, MiniLM) becomes
 an encoder-decoder warm-started from it on both sides (Rothe et al., 2020): the decoder's self-attention is
-made causal and its cross-attention is new.
+made causal and its cross-attention is new, starting as a copy of the same layer's self-attention (see
+`start_cross_attention_from_self_attention`).
 """
 import json
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class Config:
     max_new_tokens: int = MISSING
     length_penalty: float = MISSING  # > 1 favours longer outputs in beam search
     no_repeat_ngram_size: int = MISSING  # 0: repeats allowed
+    freeze_encoder: Optional[bool] = None  # None: frozen when warm-started from an encoder-only model, trained otherwise
 
 
 def check(cfg) -> None:
@@ -105,16 +107,23 @@ class Seq2Seq:
     # ---- model
     def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
         path = resolve(name_or_path)
-        if getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
+        warm_started = not getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False)
+        if not warm_started:
             model = from_pretrained_quietly(self.model_class, name_or_path, attn_implementation=attn)
         else:
             with quiet_loading():
                 model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, encoder_attn_implementation=attn,
                                                                             decoder_attn_implementation=attn)
+            start_cross_attention_from_self_attention(model.decoder)
             model.config.decoder_start_token_id = tokenizer.cls_token_id
             model.config.eos_token_id = tokenizer.sep_token_id
             model.config.pad_token_id = tokenizer.pad_token_id
         c = self.cfg
+        if c.freeze_encoder if c.freeze_encoder is not None else warm_started:
+            # a warm-started decoder has to learn to be a language model and to read the encoder; training the
+            # encoder meanwhile lets it drift towards one output for every input (the mean cosine between its token
+            # outputs rose from 0.13 to 0.24 in 310 steps at lr 1e-4) and costs a third of each step
+            model.get_encoder().requires_grad_(False)
         model.generation_config = GenerationConfig(
             decoder_start_token_id=model.config.decoder_start_token_id, eos_token_id=model.config.eos_token_id,
             pad_token_id=model.config.pad_token_id, num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
@@ -163,6 +172,20 @@ class Seq2Seq:
         per_row = rouge_rows(encoded.extra, predictions.texts)
         run.write("rouge.png", lambda path: metrics.plot_rouge(per_row, path))
         return ["rouge.png"]
+
+
+def start_cross_attention_from_self_attention(decoder: torch.nn.Module) -> None:
+    """Initialise each decoder layer's new cross-attention with its own self-attention's weights.
+
+    At random, cross-attention adds noise to every decoder layer, and the fastest way to cut that noise is to shrink
+    what the encoder outputs. Measured on arXiv titles (310 steps): with random cross-attention at lr 3e-4 every
+    abstract's encoding collapsed to one vector (one title for all inputs); at 1e-4 validation ROUGE-L was 0.130, and
+    0.158 from this start. The weights stay separate parameters.
+    """
+    for layer in decoder.modules():
+        cross, own = getattr(layer, "crossattention", None), getattr(layer, "attention", None)
+        if cross is not None and own is not None and cross.state_dict().keys() == own.state_dict().keys():
+            cross.load_state_dict(own.state_dict())
 
 
 def rouge_rows(references: List[str], predictions: List[str]) -> Dict[str, List[float]]:

@@ -179,8 +179,8 @@ def start_cross_attention_from_self_attention(decoder: torch.nn.Module) -> None:
 
     At random, cross-attention adds noise to every decoder layer, and the fastest way to cut that noise is to shrink
     what the encoder outputs. Measured on arXiv titles (310 steps): with random cross-attention at lr 3e-4 every
-    abstract's encoding collapsed to one vector (one title for all inputs); at 1e-4 validation ROUGE-L was 0.130, and
-    0.158 from this start. The weights stay separate parameters.
+    abstract's encoding collapsed to one vector (one title for all inputs); at 1e-4 validation ROUGE-L was 0.130 (with
+    10x lr on the random cross-attention) and 0.158 from this start. The weights stay separate parameters.
     """
     for layer in decoder.modules():
         cross, own = getattr(layer, "crossattention", None), getattr(layer, "attention", None)

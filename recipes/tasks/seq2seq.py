@@ -108,9 +108,7 @@ class Seq2Seq:
     def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
         path = resolve(name_or_path)
         warm_started = not getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False)
-        if not warm_started:
-            model = from_pretrained_quietly(self.model_class, name_or_path, attn_implementation=attn)
-        else:
+        if warm_started:
             with quiet_loading():
                 model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, encoder_attn_implementation=attn,
                                                                             decoder_attn_implementation=attn)
@@ -118,6 +116,8 @@ class Seq2Seq:
             model.config.decoder_start_token_id = tokenizer.cls_token_id
             model.config.eos_token_id = tokenizer.sep_token_id
             model.config.pad_token_id = tokenizer.pad_token_id
+        else:
+            model = from_pretrained_quietly(self.model_class, name_or_path, attn_implementation=attn)
         c = self.cfg
         if c.freeze_encoder if c.freeze_encoder is not None else warm_started:
             # a warm-started decoder has to learn to be a language model and to read the encoder; training the

@@ -148,12 +148,12 @@ def main() -> None:
     from transformers import AutoConfig
 
     from recipes.infer_predict import default_batch_size
+    from recipes import tasks
     from recipes.runtime import cpu_bf16_is_faster
-    from recipes.tasks.multi_label import MultiLabel
 
     config = AutoConfig.from_pretrained(model_dir)
     labels = [config.id2label[i] for i in range(config.num_labels)]
-    thresholds = MultiLabel.from_model(config).thresholds
+    thresholds = tasks.of_model(config, model_dir).thresholds
     ids, titles, abstracts, truth = load_rows(src)
     results = []
 

@@ -3,7 +3,7 @@ from typing import Dict, Optional
 
 from torchx import specs
 
-from launcher.torchrun import recipe_app
+from launcher.submit.appdef import recipe_app
 from components.train import IMAGE
 
 

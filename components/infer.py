@@ -7,8 +7,8 @@ from torchx.components.dist import _noquote
 from torchx.specs.finder import ComponentValidationException
 
 from components.train import IMAGE
-from launcher.ray_cluster import SECRET_ENV
-from launcher.torchrun import NEEDS, check_env, check_job, check_overrides, command_line, default_size
+from launcher.job.ray_cluster import SECRET_ENV
+from launcher.submit.appdef import NEEDS, check_env, check_job, check_overrides, command_line, default_size
 
 
 def batch_infer(
@@ -68,7 +68,7 @@ def batch_infer(
     check_overrides("infer", list(overrides))
     head = _noquote(f"$${{{specs.macros.rank0_env}:=localhost}}:{ray_port}")
     cmd = [
-        "python3", "-m", "launcher.ray_cluster",
+        "python3", "-m", "launcher.job.ray_cluster",
         "--replica-id", specs.macros.replica_id,
         "--nnodes", str(nnodes),
         "--head", head,
@@ -91,7 +91,7 @@ def batch_infer(
                 env=env,
                 port_map={"ray": ray_port},
                 max_retries=max_retries,
-                # replicas derive the cluster's token from a secret they share (launcher/ray_cluster.py)
+                # replicas derive the cluster's token from a secret they share (launcher/job/ray_cluster.py)
                 metadata={NEEDS: {"outputs": {"--output": output}, "secret_env": [SECRET_ENV] if nnodes > 1 else []}},
             )
         ],

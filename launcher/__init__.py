@@ -1,1 +1,1 @@
-"""Entrypoint glue: Hydra main, config resolvers, process-group bootstrap."""
+"""What builds and starts jobs. compose.py runs on both sides; submit/ where `torchx run` runs; job/ inside each replica."""

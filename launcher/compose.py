@@ -12,13 +12,13 @@ from typing import Optional, Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from recipes import tasks
-from recipes.checks import CHECKS
-from recipes.config import SCHEMAS, register
+from recipes.config import CHECKS, SCHEMAS
 from recipes.errors import RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,20 @@ RESOLVERS = {
 }
 
 
+def schema(command: str):
+    """The dataclass of conf/<command>.yaml; infer's task node holds every task's OPTIONS (recipes/tasks)."""
+    if command != "infer":
+        return SCHEMAS[command]
+    options = tasks.options_schema()
+    return dataclasses.make_dataclass("InferConfig", [("task", options, dataclasses.field(default_factory=options))], bases=(SCHEMAS[command],))
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    for command in SCHEMAS:
+        store.store(name=f"{command}_schema", node=schema(command))
+
+
 def compose(command: str, overrides: Sequence[str]) -> DictConfig:
     """The checked config of `command`; raises RecipeError with one line naming the key, value or override."""
     register()
@@ -59,8 +73,8 @@ def compose(command: str, overrides: Sequence[str]) -> DictConfig:
             cfg = hydra_compose(config_name=command, overrides=list(overrides))
     except Exception as e:  # Hydra wraps OmegaConf's errors: report the cause in one line
         raise RecipeError(_composition_error(e, command)) from None
-    _reject_unknown_keys(cfg, SCHEMAS[command], "")
-    if "task" in cfg:
+    _reject_unknown_keys(cfg, schema(command), "")
+    if command == "train":
         cfg.task = tasks.typed(cfg.task)
     _reject_non_finite(OmegaConf.to_container(cfg, resolve=False), "")
     try:
@@ -68,6 +82,10 @@ def compose(command: str, overrides: Sequence[str]) -> DictConfig:
         if missing:
             raise RecipeError(f"{missing[0]}: required; set {missing[0]}=...")
         CHECKS[command](cfg)
+        if command == "train":
+            tasks.check(cfg.task)
+        elif command == "infer":
+            tasks.check_options(cfg.task)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve; a resolver's own error as is
         msg = re.sub(r"^RecipeError raised while resolving interpolation: ", "", getattr(e, "msg", None) or str(e))
         raise RecipeError(_first_line(msg)) from None
@@ -105,15 +123,15 @@ def _composition_error(e: Exception, command: str) -> str:
 
 
 def _allowed(command: str, full_key: str) -> str:
-    schema = SCHEMAS[command]
+    node = schema(command)
     parts = full_key.split(".")[:-1]
     for part in parts:
-        field = {f.name: f for f in dataclasses.fields(schema)}.get(part)
+        field = {f.name: f for f in dataclasses.fields(node)}.get(part)
         if field is None or not dataclasses.is_dataclass(field.type):
             break
-        schema = field.type
+        node = field.type
     where = ".".join(parts) or command
-    return f"keys of {where}: {', '.join(f.name for f in dataclasses.fields(schema))}"
+    return f"keys of {where}: {', '.join(f.name for f in dataclasses.fields(node))}"
 
 
 def _reject_unknown_keys(node: DictConfig, schema, prefix: str) -> None:

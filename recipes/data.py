@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recipes import storage
-from recipes.checks import FORMATS, SPLITS, data_format as data_format_of
+from recipes.config import FORMATS, SPLITS, data_format as data_format_of
 from recipes.errors import RecipeError
 
 log = logging.getLogger("text_recipes")

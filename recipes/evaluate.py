@@ -12,10 +12,10 @@ import logging
 from omegaconf import OmegaConf
 
 from recipes.runtime import Runtime, autocast_dtype
-from recipes import data, metrics, storage
+from recipes import data, storage, tasks
 from recipes.checkpoint import RunDir
 from recipes.errors import RecipeError
-from recipes.model import attn_implementation, load_trained, model_dir_of
+from recipes.model import attn_implementation, model_dir_of
 
 log = logging.getLogger("text_recipes")
 
@@ -45,7 +45,7 @@ def evaluate(cfg, rt: Runtime) -> dict:
     check_output_dir(run, cfg.overwrite)
     run.check_writable()
     dtype = autocast_dtype(cfg.precision, rt.device)
-    model, tokenizer, task = load_trained(model_dir, attn_implementation(None, rt.device, dtype))
+    model, tokenizer, task = tasks.load_trained(model_dir, attn_implementation(None, rt.device, dtype))
     model.to(rt.device)
     tables = data.load_splits(cfg.data, task, needed=(cfg.split,))
     if cfg.split not in tables:
@@ -60,6 +60,6 @@ def evaluate(cfg, rt: Runtime) -> dict:
     task.plots(run, predictions, encoded)
     run.write_text("predictions.jsonl", "".join(task.prediction_rows(table, predictions)))
     run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")  # last: marks the evaluation complete
-    log.info("%s on %s (%d examples): %s", cfg.split, table.source, len(table.rows), metrics.headline(result))
+    log.info("%s on %s (%d examples): %s", cfg.split, table.source, len(table.rows), tasks.headline(task, result))
     print(f"metrics:     {run.uri('metrics.json')}\npredictions: {run.uri('predictions.jsonl')}")
     return result

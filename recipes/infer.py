@@ -21,11 +21,10 @@ from typing import Dict, FrozenSet
 
 from tqdm import tqdm
 
-from recipes import storage
+from recipes import storage, tasks
 from recipes.errors import RecipeError
 from recipes.infer_input import Columns, list_files
 from recipes.infer_output import OutputDir, committed, finish, prepare, totals
-from recipes.infer_tasks import Options, for_model
 
 log = logging.getLogger("text_recipes")
 
@@ -66,8 +65,8 @@ def _columns(cfg, config, task) -> Columns:
     text = cfg.text_column or trained.get("text_column") or "text"
     pair = cfg.text_pair_column or trained.get("text_pair_column")
     names = tuple(cfg.column_names) if cfg.column_names is not None else None
-    if pair is not None and not task.pairs:
-        raise RecipeError(f"text_pair_column={pair!r}: a {type(task).__name__} model reads one text per row; leave it null")
+    if pair is not None and not task.reads_pairs:
+        raise RecipeError(f"text_pair_column={pair!r}: a {task.name} model reads one text per row; leave it null")
     if pair == text:
         raise RecipeError(f"text_pair_column={pair!r}: must differ from text_column")
     return Columns(text=text, pair=pair, id=cfg.id_column, names=names)
@@ -221,7 +220,7 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
 def infer(cfg) -> dict:
     start = time.time()
     local_model, config, tokenizer = _load_model_info(cfg.model_dir)
-    task = for_model(config, Options(cfg.all_scores, cfg.top_k, cfg.num_beams, cfg.max_new_tokens), f"model_dir={cfg.model_dir}")
+    task = tasks.of_model(config, f"model_dir={cfg.model_dir}", cfg.task)
     columns = _columns(cfg, config, task)
     max_length = _max_length(cfg, config, tokenizer)
     files = list_files(cfg.input, cfg.format, columns)
@@ -229,7 +228,8 @@ def infer(cfg) -> dict:
         "model_sha256": _digest(local_model),
         "files": [[f.name, f.size] for f in files],
         "columns": {"text": columns.text, "pair": columns.pair, "id": columns.id, "names": columns.names},
-        "settings": {k: cfg[k] for k in ("max_length", "precision", "block_rows", "output_format", "all_scores", "top_k", "num_beams", "max_new_tokens")},
+        "settings": {k: cfg[k] for k in ("max_length", "precision", "block_rows", "output_format")},
+        "task": {k: task.cfg[k] for k in tasks.module(task.name).OPTIONS},
     }
     out = OutputDir(cfg.output)
     finished = prepare(out, job, cfg.overwrite)

@@ -19,7 +19,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import infer_compression
 
 from recipes import storage
-from recipes.checks import data_format
+from recipes.config import data_format
 from recipes.errors import RecipeError
 
 PEEK_LINES = 100  # a JSONL file must show a JSON object this early, or it is not JSON lines

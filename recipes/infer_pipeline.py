@@ -42,7 +42,7 @@ class ReadSpec:
     block_rows: int
     max_length: int
     strict: bool
-    task: object  # an infer_tasks class instance: its encode
+    task: object  # the model's task (recipes/tasks): its encode_block
     tokenizer: "ray.ObjectRef"  # put once, fetched once per worker process
 
 
@@ -54,7 +54,7 @@ class PredictSpec:
     use_gpu: bool
     threads: int
     batch_size: int
-    task: object  # an infer_tasks class instance: its predict
+    task: object  # the model's task (recipes/tasks): its predict_block
     id_name: str  # the id column of the output
     output: str
     output_format: str
@@ -82,7 +82,7 @@ def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) ->
     details = [e[1] if e else None for e in block.errors]
     good = [i for i, e in enumerate(block.errors) if e is None]
     pairs = [block.pairs[i] for i in good] if spec.columns.pair is not None else None
-    enc = spec.task.encode(tokenizer, [block.texts[i] for i in good], pairs, spec.max_length)
+    enc = spec.task.encode_block(tokenizer, [block.texts[i] for i in good], pairs, spec.max_length)
     for j, i in enumerate(good):
         if enc.truncated[j]:
             reasons[i], details[i] = TRUNCATED, f"longer than max_length={spec.max_length} tokens: predicted from the first {spec.max_length}"
@@ -172,7 +172,7 @@ class Predictor:
         started = time.time()
         table = _unpack(unit["data"])
         good = table.filter(pc.invert(table.column("skipped")))
-        predictions = pa.table({spec.id_name: good.column("id"), **spec.task.predict(self.runner, good)})
+        predictions = pa.table({spec.id_name: good.column("id"), **spec.task.predict_block(self.runner, good)})
         reported = table.filter(pc.is_valid(table.column("reason"))).select(["line", "id", "reason", "detail"]).to_pylist()
         errors = [{"file": unit["file"], **e} for e in reported]
         bad: Dict[str, int] = {}

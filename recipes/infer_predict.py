@@ -10,7 +10,8 @@ import torch
 
 from recipes.runtime import autocast_dtype
 from recipes.errors import RecipeError
-from recipes.model import attn_implementation, load_trained
+from recipes import tasks
+from recipes.model import attn_implementation
 
 
 def resolve_precision(precision: str, device: torch.device) -> Tuple[str, torch.dtype]:
@@ -50,7 +51,7 @@ def load_for_inference(model_dir: str, precision: str, device: torch.device):
     """(model in eval mode on `device`, precision name, autocast dtype). int8: linear layers dynamically quantized,
     weights per output channel (as fast as per tensor here, and nearer fp32 on MiniLM)."""
     name, dtype = resolve_precision(precision, device)
-    model, _, _ = load_trained(model_dir, attn_implementation(None, device, dtype))
+    model, _, _ = tasks.load_trained(model_dir, attn_implementation(None, device, dtype))
     model.eval().to(device)
     if name == "int8":
         _keep_freed_memory()

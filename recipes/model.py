@@ -29,7 +29,7 @@ def resolve(name_or_path: str) -> str:
     return path
 
 
-def _from_pretrained(cls, name_or_path: str, **kwargs):
+def from_pretrained(cls, name_or_path: str, **kwargs):
     try:
         return cls.from_pretrained(resolve(name_or_path), **kwargs)
     except (OSError, ValueError, SafetensorError) as e:  # offline Hub, unknown id, missing or damaged files
@@ -52,9 +52,9 @@ def load_tokenizer(name_or_path: str, max_length: Optional[int] = None):
     # without its files AutoTokenizer builds an empty vocabulary and every text becomes [UNK]s
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
         raise RecipeError(f"model {name_or_path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the tokenizer with the model")
-    tokenizer = _from_pretrained(AutoTokenizer, name_or_path)
+    tokenizer = from_pretrained(AutoTokenizer, name_or_path)
     if max_length:
-        config = _from_pretrained(AutoConfig, name_or_path)
+        config = from_pretrained(AutoConfig, name_or_path)
         # RoBERTa-style models offset positions by the padding index: two positions fewer
         limit = getattr(config, "max_position_embeddings", None)
         limit = limit - 2 if limit and "roberta" in config.model_type else limit
@@ -77,7 +77,7 @@ def quiet_loading():
 
 def from_pretrained_quietly(cls, name_or_path: str, **kwargs) -> torch.nn.Module:
     with quiet_loading():
-        return _from_pretrained(cls, name_or_path, **kwargs)
+        return from_pretrained(cls, name_or_path, **kwargs)
 
 
 def init_bias_to_prior(model: torch.nn.Module, label_frequency: torch.Tensor) -> None:
@@ -91,17 +91,6 @@ def init_bias_to_prior(model: torch.nn.Module, label_frequency: torch.Tensor) ->
     p = label_frequency.clamp(1e-4, 1 - 1e-4)
     with torch.no_grad():
         head.bias.copy_(torch.log(p / (1 - p)))
-
-
-def load_trained(path: str, attn: str):
-    """(model, tokenizer, task) of a model directory written by training."""
-    from recipes import tasks
-
-    name, path = path, resolve(path)  # download a remote model once, not once per file type
-    config = _from_pretrained(AutoConfig, path)
-    task = tasks.of_model(config, name)
-    model = _from_pretrained(task.model_class, path, attn_implementation=attn)
-    return model, _from_pretrained(AutoTokenizer, path), task
 
 
 class CPUDropout(torch.nn.Dropout):

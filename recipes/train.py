@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
 from recipes.runtime import Runtime, StopSignals, autocast_dtype
-from recipes import checkpoint, data, metrics, tasks, xla
+from recipes import checkpoint, data, plots, tasks, xla
 from recipes.storage import replace_dir
 from recipes.errors import Preempted, RecipeError
 from recipes.model import attn_implementation, load_tokenizer, set_dropout, use_cpu_dropout
@@ -74,10 +74,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def better(metric: str, new: float, best) -> bool:
+    if best is None:
+        return True
+    return new < best if metric == "loss" else new > best
+
+
+def plot_training_curve(history: list, metric: str, path: str) -> None:
+    train = [h for h in history if "train_loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    fig, ax = plots.subplots(figsize=(7, 4))
+    ax.plot([h["step"] for h in train], [h["train_loss"] for h in train], label="train loss", alpha=0.8)
+    ax.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if evals and metric != "loss":
+        ax2 = ax.twinx()
+        ax2.plot([h["step"] for h in evals], [h[f"eval_{metric}"] for h in evals], "s-", color="tab:green", label=f"validation {metric}")
+        ax2.set_ylabel(metric)
+        ax2.legend(loc="center right")
+    ax.legend(loc="upper right")
+    ax.set_title("Training")
+    plots.save(fig, path)
+
+
 def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Runtime, result=None) -> None:
-    """Write model/ (weights, config with the task, its label maps and settings, the input columns; tokenizer) atomically."""
-    # evaluation and batch inference read the task and the same columns by default
-    model.config.text_recipes = {"task": task.name, "text_column": data_cfg.text_column, "text_pair_column": data_cfg.text_pair_column}
+    """Write model/ (weights, config with the task, its config, label maps and settings, the input columns; tokenizer) atomically."""
+    # evaluation and batch inference read the task, its settings and the same columns by default
+    model.config.text_recipes = {"task": task.name, "task_config": OmegaConf.to_container(task.cfg, resolve=True),
+                                 "text_column": data_cfg.text_column, "text_pair_column": data_cfg.text_pair_column}
     if result is not None:
         task.save(model.config, result)
     tmp = run.path("model.tmp")
@@ -223,7 +248,7 @@ class Recipe:
         predictions = self.task.predict(self.model, self.val_data, rt, self.tc.eval_batch_size, self.dtype, self.tokenizer)
         result = self.task.score(predictions, self.val_data, tune=True)
         state["history"].append({"step": step, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}})
-        improved = metrics.best_is_better(cfg.task.metric, result[cfg.task.metric], state["best"])
+        improved = better(cfg.task.metric, result[cfg.task.metric], state["best"])
         if improved:
             state.update(best=result[cfg.task.metric], best_step=step, bad_evals=0, best_metrics=result)
             if rt.is_main:
@@ -234,7 +259,7 @@ class Recipe:
             for k, v in result.items():
                 if isinstance(v, float):
                     self.writer.add_scalar(f"eval/{k}", v, step)
-            log.info("step %d: validation %s loss=%.4f%s", step, metrics.headline(result), result["loss"], " (best)" if improved else "")
+            log.info("step %d: validation %s loss=%.4f%s", step, tasks.headline(self.task, result), result["loss"], " (best)" if improved else "")
         self.model.train()
         return self.tc.early_stopping_patience > 0 and state["bad_evals"] >= self.tc.early_stopping_patience
 
@@ -262,7 +287,7 @@ class Recipe:
         if self.rt.is_main:
             if self.val_data is None:
                 save_model(self.model, self.tokenizer, self.task, run, self.cfg.data, self.rt)
-            run.write("training_curve.png", lambda path: metrics.plot_training_curve(state["history"], self.cfg.task.metric, path))
+            run.write("training_curve.png", lambda path: plot_training_curve(state["history"], self.cfg.task.metric, path))
             run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
             self.writer.close()
             run.publish("tb")

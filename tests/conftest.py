@@ -1,7 +1,14 @@
+import atexit
+import contextlib
+import io
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
@@ -9,6 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# caches go to a temp dir of this run, not the home directory: matplotlib's font cache, Hugging Face's and
+# torch's (XDG_CACHE_HOME), the remote-model cache of recipes/storage.py
+_CACHE = tempfile.mkdtemp(prefix="text-recipes-tests-")
+os.environ.update(MPLCONFIGDIR=os.path.join(_CACHE, "matplotlib"), XDG_CACHE_HOME=_CACHE, TEXT_RECIPES_CACHE=os.path.join(_CACHE, "text-recipes"))
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 WORDS = {
     "billing": ["invoice", "refund", "charged", "payment", "card", "price"],
@@ -75,3 +87,60 @@ def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProce
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+class Ran(NamedTuple):
+    """What a user sees of a command: its exit status and output (the fields of subprocess.CompletedProcess)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _environment(env: dict):
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _in_process(main, argv, env, logs_to_stdout: bool) -> Ran:
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(out if logs_to_stdout else err)  # as run.py's / torchx's logging.basicConfig
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with _environment(env or {}), contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        root.removeHandler(handler)
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+def run_main(*args, env=None) -> Ran:
+    """`python run.py ARGS` in this process, without the seconds a new process spends importing torch.
+
+    For bad input and short runs, where the process boundary is not what is tested; run_cli runs a real process."""
+    from launcher.job.main import main
+
+    return _in_process(main, ["run.py", *map(str, args)], env, logs_to_stdout=True)
+
+
+def run_torchx(*args, env=None) -> Ran:
+    """`torchx ARGS` (e.g. run --dryrun -s local_cwd components/train.py:train ...) in this process."""
+    from torchx.cli.argparse_util import torchxconfig
+    from torchx.cli.main import main
+
+    torchxconfig.called_args.clear()  # class-level state of torchx's CLI: a second `-s` would read as a repeat
+    return _in_process(main, list(map(str, args)), env, logs_to_stdout=False)

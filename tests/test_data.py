@@ -327,7 +327,7 @@ def test_zero_fraction_is_not_carved(train_only):
     ({"train": "x.csv", "label_column": "text"}, "data.label_column"),
 ])
 def test_data_config_checks(overrides, needle):
-    from recipes.checks import check_data
+    from recipes.config import check_data
 
     with pytest.raises(RecipeError, match=needle):
         check_data(make_cfg(**overrides))

@@ -24,6 +24,8 @@ import torch
 from tests.conftest import ROOT, make_rows, run_cli
 from tests.test_infer import LABELS, kill_9_job, reference, save_classifier
 
+pytestmark = pytest.mark.gcs  # against a GCS emulator (gcp-storage-emulator), started per test
+
 # gcsfs/gRPC noise: the bucket-layout probe ("Could not determine bucket type ..."), its gRPC handshakes, credential lookups
 NOISE = re.compile(r"gcsfs|bucket type|storage ?layout|HNS|grpc|ssl_transport|[Cc]redentials|Traceback")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, WORDS, make_rows, run_cli
+from tests.conftest import ROOT, WORDS, make_rows, run_cli, run_main
 from tests.test_bad_input import error_line
 
 LABELS = list(WORDS)
@@ -95,12 +95,13 @@ def write_jsonl(path: Path, rows) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_single_label_predictions_equal_in_process_forward(models, tmp_path):
     rows = [{"id": f"t{i}", "text": r["text"]} for i, r in enumerate(make_rows(300, seed=3))]
     rows[7]["text"] = " ".join(["refund"] * 60)  # longer than the model's 24 tokens: truncated, counted
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out"
-    ok(infer(models["single"], src, out, "block_rows=64", "all_scores=true"))
+    ok(infer(models["single"], src, out, "block_rows=64", "task.all_scores=true"))
 
     got = pd.read_parquet(out).set_index("id").loc[[r["id"] for r in rows]]
     probs = reference(models["single"], [r["text"] for r in rows])
@@ -112,13 +113,14 @@ def test_single_label_predictions_equal_in_process_forward(models, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_errors.jsonl", "_job.json"] + [f"part-00000-00000{i}.parquet" for i in range(5)]
     assert [json.loads(l)["id"] for l in (out / "_errors.jsonl").read_text().splitlines()] == ["t7"]
 
-    again = ok(infer(models["single"], src, out, "block_rows=64", "all_scores=true"))  # finished: nothing to do
+    again = ok(infer(models["single"], src, out, "block_rows=64", "task.all_scores=true"))  # finished: nothing to do
     assert "complete already" in again.stdout
     # another model into the same output: refused, named, nothing touched
-    line = error_line(infer(models["other"], src, out, "block_rows=64", "all_scores=true"), str(out), "model_sha256", "overwrite=true")
+    line = error_line(infer(models["other"], src, out, "block_rows=64", "task.all_scores=true"), str(out), "model_sha256", "overwrite=true")
     assert "another job" in line and manifest(out) == m
 
 
+@pytest.mark.slow
 def test_multi_label_pairs_csv_directory_to_jsonl(models, tmp_path):
     """Pairs from the columns the model was trained on, generated ids from file and line, JSONL output."""
     data = tmp_path / "data"
@@ -130,7 +132,7 @@ def test_multi_label_pairs_csv_directory_to_jsonl(models, tmp_path):
         f.write("title\tbody\n" + "".join(f"{r['title']}\t{r['body']}\n" for r in rows[50:]))
     (data / "notes.txt").write_text("not an input file")
     out = tmp_path / "out"
-    ok(infer(models["pairs"], data, out, "output_format=jsonl", "top_k=2", "block_rows=32"))
+    ok(infer(models["pairs"], data, out, "output_format=jsonl", "task.top_k=2", "block_rows=32"))
 
     got = pd.concat([pd.read_json(p, lines=True) for p in sorted(out.glob("part-*.jsonl"))])
     csv_ids = [f"a.csv:{i + 2 + (i > 3)}" for i in range(50)]
@@ -146,6 +148,7 @@ def test_multi_label_pairs_csv_directory_to_jsonl(models, tmp_path):
     assert manifest(out)["files"] == 2 and manifest(out)["predicted"] == 90
 
 
+@pytest.mark.slow
 def test_bad_rows_are_counted_reported_and_fatal_when_strict(models, tmp_path):
     good = [{"text": r["text"]} for r in make_rows(20, seed=5)]
     lines = [
@@ -207,6 +210,7 @@ def kill_9_job(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_completes_exactly_once(models, tmp_path):
     rng = random.Random(0)
     words = [w for ws in WORDS.values() for w in ws]
@@ -271,7 +275,7 @@ def test_errors_are_one_line_before_any_work(case, models, tiny_model, tmp_path)
         args, needles = ["batchsize=3"], ["batchsize", "unknown key"]
     elif case == "int8_gpu":
         args, needles = ["precision=int8", "gpus_per_actor=1"], ["precision='int8'", "CPU only"]
-    error_line(infer(model, src, out, *args), *needles)
+    error_line(run_main("infer", f"model_dir={model}", f"input={src}", f"output={out}", *args), *needles)
     assert not (out / "_SUCCESS").exists()
     if case == "foreign_output":
         assert (out / "keep.txt").read_text() == "precious"

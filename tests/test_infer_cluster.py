@@ -1,4 +1,4 @@
-"""`batch_infer`: its AppDef and dryruns, and the Ray cluster its replicas form (launcher/ray_cluster.py).
+"""`batch_infer`: its AppDef and dryruns, and the Ray cluster its replicas form (launcher/job/ray_cluster.py).
 
 The cluster tests start real Ray nodes on this machine, as local_cwd runs a multi-replica job: the
 bootstrap with a stand-in driver (exit status, teardown, token authentication), then the whole
@@ -27,7 +27,7 @@ from torchx.specs.builders import materialize_appdef
 from torchx.specs.finder import ComponentValidationException
 
 from components.infer import batch_infer
-from launcher import ray_cluster
+from launcher.job import ray_cluster
 from tests.conftest import ROOT, make_rows, run_cli
 
 TORCHX = [sys.executable, "-m", "torchx.cli.main"]
@@ -50,7 +50,7 @@ def test_every_replica_runs_the_bootstrap_and_replica_0_the_driver():
     args = bash_args(app)
     split = args.index("--")
     assert args[:split] == [
-        "python3", "-m", "launcher.ray_cluster", "--replica-id", macros.replica_id, "--nnodes", "3",
+        "python3", "-m", "launcher.job.ray_cluster", "--replica-id", macros.replica_id, "--nnodes", "3",
         "--head", f"$${{{macros.rank0_env}:=localhost}}:6390", "--job-id", macros.app_id,  # "$$": a literal "$" for TorchX
         "--cpus", "4", "--gpus", "0", "--join-timeout", "600",
     ]
@@ -106,7 +106,7 @@ def test_cli_dryrun_help_and_builtins(secret_in_env):
                           "--model", "m", "--input", "in.jsonl", "--output", "out", "--", "batch_size=8"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "launcher.ray_cluster" in out.stdout and "--replica-id '1'" in out.stdout  # the dryrun lists both replicas
+    assert "launcher.job.ray_cluster" in out.stdout and "--replica-id '1'" in out.stdout  # the dryrun lists both replicas
     assert "${TORCHX_RANK0_HOST:=localhost}:6379" in out.stdout
     assert SECRET not in out.stdout + out.stderr
     bad = subprocess.run([*TORCHX, "run", "--dryrun", "-s", "local_cwd", "components/infer.py:batch_infer",
@@ -129,7 +129,7 @@ def test_slurm_dryrun_two_nodes(secret_in_env, tmp_path):
     (tmp_path / "outputs" / "slurm").mkdir(parents=True)
     srun = subprocess.run(["bash", str(tmp_path / "job.sh")], env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": "4242"},
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    tasks = [shlex.split(line) for line in srun.stdout.splitlines() if line.startswith("python3 -m launcher.ray_cluster")]
+    tasks = [shlex.split(line) for line in srun.stdout.splitlines() if line.startswith("python3 -m launcher.job.ray_cluster")]
     assert len(tasks) == 2
     for replica, args in enumerate(tasks):
         assert args[args.index("--replica-id") + 1] == str(replica) and args[args.index("--job-id") + 1] == "4242"
@@ -201,7 +201,7 @@ def cluster_env(tmp_path, monkeypatch):
 
 
 def bootstrap(replica: int, nnodes: int, port: int, env: dict, *driver: str, job_id="job-1", timeout=60) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "launcher.ray_cluster", "--replica-id", str(replica), "--nnodes", str(nnodes),
+    cmd = [sys.executable, "-m", "launcher.job.ray_cluster", "--replica-id", str(replica), "--nnodes", str(nnodes),
            "--head", f"localhost:{port}", "--job-id", job_id, "--cpus", "1", "--join-timeout", str(timeout), "--", *driver]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -233,6 +233,7 @@ def driver_report(stdout: str) -> dict:
     return json.loads(re.search(r"^DRIVER (.*)$", stdout, re.M).group(1))
 
 
+@pytest.mark.slow
 def test_head_runs_the_driver_on_every_node_and_exits_with_its_status(cluster_env, tmp_path):
     before = job_ray_processes()
     worker = bootstrap(1, 2, 6411, cluster_env)
@@ -249,6 +250,7 @@ def test_head_runs_the_driver_on_every_node_and_exits_with_its_status(cluster_en
     assert_no_ray_left(before, cluster_env["TMPDIR"])
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_replica_stops_driver_and_ray(cluster_env, tmp_path):
     """As on Kubernetes, where only the container's first process gets SIGTERM."""
     before = job_ray_processes()
@@ -259,6 +261,7 @@ def test_sigterm_to_the_replica_stops_driver_and_ray(cluster_env, tmp_path):
     assert_no_ray_left(before, cluster_env["TMPDIR"])
 
 
+@pytest.mark.slow
 def test_head_gives_up_when_the_other_replicas_do_not_join(cluster_env, tmp_path):
     before = job_ray_processes()
     head = bootstrap(0, 2, 6413, cluster_env, sys.executable, str(tmp_path / "driver.py"), "0", timeout=2)
@@ -268,6 +271,7 @@ def test_head_gives_up_when_the_other_replicas_do_not_join(cluster_env, tmp_path
     assert_no_ray_left(before)
 
 
+@pytest.mark.slow
 def test_node_or_driver_without_the_token_cannot_join(cluster_env, tmp_path):
     before = job_ray_processes()
     head = bootstrap(0, 2, 6414, cluster_env, sys.executable, str(tmp_path / "driver.py"), "0", timeout=300)
@@ -297,6 +301,7 @@ def test_node_or_driver_without_the_token_cannot_join(cluster_env, tmp_path):
 # --- the whole job ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_replica_local_cwd_job_predicts_every_row_once(train_args, tmp_path):
     """`torchx run -s local_cwd` with 2 replicas (head + worker) on a trained tiny model."""
     trained = run_cli("train", *train_args, "trainer.max_steps=2")

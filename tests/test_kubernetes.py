@@ -1,4 +1,4 @@
-"""`-s kubernetes` (launcher/kubernetes.py) on GKE, the image and the named resources, checked without a cluster.
+"""`-s kubernetes` (launcher/submit/kubernetes.py) on GKE, the image and the named resources, checked without a cluster.
 
 No apiserver or container engine runs here, so the manifests are validated instead of applied: the Volcano Job
 against Volcano's CRD schema (tests/schemas, unknown fields refused as the apiserver would prune them), each pod
@@ -25,8 +25,8 @@ from torchx.specs.finder import ComponentValidationException
 from components.evaluate import evaluate
 from components.infer import batch_infer
 from components.train import train
-from launcher import kubernetes, named_resources as gke
-from launcher.ray_cluster import SECRET_ENV
+from launcher.submit import kubernetes, named_resources as gke
+from launcher.job.ray_cluster import SECRET_ENV
 from tests.conftest import ROOT
 
 IMAGE = "us-central1-docker.pkg.dev/p/text-recipes/text-recipes:1"
@@ -96,7 +96,7 @@ def test_dockerfile_lints_and_its_workdir_is_the_pods():
 def test_dockerignore_keeps_what_the_pods_run():
     patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     for needed in ("run.py", "pyproject.toml", "README.md", "conf/train.yaml", "data/support_tickets/train.csv",
-                   "launcher/kubernetes.py", "recipes/train.py", "components/train.py"):
+                   "launcher/submit/kubernetes.py", "recipes/train.py", "components/train.py"):
         assert not any(fnmatch.fnmatch(needed, p) or needed.startswith(p.rstrip("/") + "/") for p in patterns), needed
 
 
@@ -214,7 +214,7 @@ def test_batch_infer_on_a_gpu_pool_three_replicas_one_ray_cluster():
         assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
         assert container["resources"]["limits"] == {"cpu": "6000m", "memory": "28282M", "nvidia.com/gpu": "1"}
         args = shlex.split(container["command"][2])
-        assert args[:3] == ["python3", "-m", "launcher.ray_cluster"]
+        assert args[:3] == ["python3", "-m", "launcher.job.ray_cluster"]
         assert [args[args.index(flag) + 1] for flag in ("--replica-id", "--nnodes", "--job-id", "--cpus", "--gpus")] == [str(replica), "3", name, "6", "1"]
         assert args[args.index("--") + 1:] == ["python3", "run.py", "infer", "gpus_per_actor=1", "output_format=jsonl",
                                                "model_dir=gs://b/m", "input=gs://b/in/*.jsonl", "output=gs://b/out"]

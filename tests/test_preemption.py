@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow  # training runs signalled mid-run, in their own processes
 
 PREEMPTED = 75
 
@@ -59,7 +62,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_to_the_same_weights(train_args
 def test_sigusr1_to_torchrun_reaches_both_ranks_and_the_rerun_matches(train_args, tmp_path):
     """What Slurm's --signal=USR1@<s> does to the torchrun agent of a 2-process job."""
     args = [a for a in train_args if not a.startswith("output_dir=")] + ["trainer.epochs=12", "trainer.save_every=4", "trainer.eval_every=24"]
-    torchrun = [sys.executable, "-m", "launcher.elastic", "--standalone", "--nproc_per_node", "2", "run.py", "train", *args]
+    torchrun = [sys.executable, "-m", "launcher.job.elastic", "--standalone", "--nproc_per_node", "2", "run.py", "train", *args]
     subprocess.run([*torchrun, f"output_dir={tmp_path / 'straight'}"], cwd=ROOT, capture_output=True, check=True, timeout=600)
 
     run = tmp_path / "preempted"
@@ -75,7 +78,7 @@ def test_sigusr1_to_torchrun_reaches_both_ranks_and_the_rerun_matches(train_args
 
 def test_rerun_with_another_number_of_processes_is_refused_in_one_line(train_args, tmp_path):
     args = [a for a in train_args if not a.startswith("output_dir=")] + ["trainer.epochs=1", f"output_dir={tmp_path / 'run'}"]
-    torchrun = [sys.executable, "-m", "launcher.elastic", "--standalone", "--nproc_per_node", "2", "run.py", "train", *args]
+    torchrun = [sys.executable, "-m", "launcher.job.elastic", "--standalone", "--nproc_per_node", "2", "run.py", "train", *args]
     subprocess.run(torchrun, cwd=ROOT, capture_output=True, check=True, timeout=600)
     (tmp_path / "run" / "metrics.json").unlink()  # as if stopped before the end
     out = run_cli("train", *args)

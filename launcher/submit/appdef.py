@@ -33,7 +33,7 @@ HOW_TO_PASS_SECRETS = (
 # Kubernetes object and label names, Slurm job names: the job's pods add "-<role>-<n>-0" to it.
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,34}[a-z0-9])?$")
 # Role.metadata key: what a job writes and which variables it reads from a secret, for schedulers that can check
-# that before the job waits for nodes (launcher/kubernetes.py): {"outputs": {argument: location}, "secret_env": [...]}
+# that before the job waits for nodes (launcher/submit/kubernetes.py): {"outputs": {argument: location}, "secret_env": [...]}
 NEEDS = "text_recipes"
 # --cpu and --memMB per GPU where not given: what every GKE GPU machine type leaves a pod (the smallest,
 # g2-standard-8 with one L4, has 8 vCPUs and 32 GiB); else 2 CPUs and 8 GiB
@@ -140,7 +140,7 @@ def recipe_app(
     # one node: a free port on localhost; several: c10d store on the rank-0 host, as in torchx's dist.ddp
     endpoint = "localhost:0" if nnodes == 1 else _noquote(f"$${{{specs.macros.rank0_env}:=localhost}}:{rdzv_port}")
     cmd = [
-        "python3", "-m", "launcher.elastic",  # torchrun, reporting a failed worker in one line
+        "python3", "-m", "launcher.job.elastic",  # torchrun, reporting a failed worker in one line
         "--rdzv_backend", "c10d",
         "--rdzv_endpoint", endpoint,
         "--rdzv_id", specs.macros.app_id,

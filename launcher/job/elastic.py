@@ -1,6 +1,6 @@
 """torchrun, with a failed worker reported in one line instead of torchrun's traceback.
 
-    python3 -m launcher.elastic [torchrun arguments] run.py <command> [overrides]
+    python3 -m launcher.job.elastic [torchrun arguments] run.py <command> [overrides]
 
 The worker has already printed its own `error: ...` line; this exits with the worker's code, so a
 worker that stopped on a signal after checkpointing (PREEMPTED) makes the Slurm script requeue.

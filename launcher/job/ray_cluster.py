@@ -1,6 +1,6 @@
 """One Ray cluster across a job's replicas, running a driver command on replica 0 (`batch_infer`'s bootstrap).
 
-    python3 -m launcher.ray_cluster --replica-id R --nnodes N --head HOST:PORT --job-id ID \\
+    python3 -m launcher.job.ray_cluster --replica-id R --nnodes N --head HOST:PORT --job-id ID \\
         [--cpus C] [--gpus G] [--join-timeout S] -- python3 run.py infer key=value ...
 
 Replica 0 starts the Ray head on PORT, waits until the nodes of all N replicas joined, runs the
@@ -264,7 +264,7 @@ def _address(value: str) -> Tuple[str, int]:
 
 
 def parse(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
-    parser = argparse.ArgumentParser(prog="python3 -m launcher.ray_cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 -m launcher.job.ray_cluster", description=__doc__.splitlines()[0])
     parser.add_argument("--replica-id", type=int, required=True, help="0 runs the head and the driver")
     parser.add_argument("--nnodes", type=int, required=True, help="replicas (Ray nodes) the driver waits for")
     parser.add_argument("--head", type=_address, required=True, help="HOST:PORT of the head's GCS")

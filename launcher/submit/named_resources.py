@@ -7,7 +7,7 @@ the OS and Slurm take their share (a request above a node's RealMemory would pen
 GKE nodes: `gke_<gpu>_<n>` is n GPUs (L4, A100 40/80 GB, H100) of the smallest machine type that has
 them, and `gke_tpu_<version>_<topology>` one host of a TPU slice (all its chips); a slice of several
 hosts runs one replica per host (`--nnodes` = `tpu_slice(resource).hosts`). Their capabilities are
-the node labels GKE puts on such nodes, which launcher/kubernetes.py turns into nodeSelectors.
+the node labels GKE puts on such nodes, which launcher/submit/kubernetes.py turns into nodeSelectors.
 """
 import math
 from dataclasses import dataclass

@@ -33,8 +33,8 @@ from torchx.specs import AppDef, InvalidRunConfigException, Role, macros, runopt
 from torchx.specs.finder import ComponentValidationException
 from torchx.util.strings import normalize_str
 
-from launcher.named_resources import TPU, tpu_slice
-from launcher.torchrun import NEEDS
+from launcher.submit.named_resources import TPU, tpu_slice
+from launcher.submit.appdef import NEEDS
 
 WORKDIR = "/app"  # the Dockerfile's WORKDIR
 MAX_NAME = 63  # a DNS label: pod names, hostnames, the job's Service
@@ -137,7 +137,7 @@ def secret_refs(cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def check_needs(role: Role, pod: Dict[str, Any], workdir: str) -> None:
-    """What a role's metadata says it writes and reads (launcher/torchrun.py NEEDS), against its pod."""
+    """What a role's metadata says it writes and reads (launcher/submit/appdef.py NEEDS), against its pod."""
     needs = role.metadata.get(NEEDS, {})
     container = pod["spec"]["containers"][0]  # the role's; an overlay may add others
     for env in needs.get("secret_env", []):

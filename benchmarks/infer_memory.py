@@ -8,6 +8,7 @@ peak of their sum.
 
     python benchmarks/infer_memory.py            # ~8 min on 2 cores
 """
+
 import argparse
 import json
 import random
@@ -34,9 +35,17 @@ def tiny_model(path: Path) -> str:
     tokenizer.model_max_length = 64
     torch.manual_seed(0)
     labels = ["billing", "shipping", "technical"]
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128, id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
-                        problem_type="single_label_classification")
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        id2label=dict(enumerate(labels)),
+        label2id={l: i for i, l in enumerate(labels)},
+        problem_type="single_label_classification",
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -60,8 +69,13 @@ def kind(pid: int) -> str:
         return "gone"
     if "run.py infer" in cmd:
         return "driver"
-    for key, name in (("MapWorker", "predictor actor"), ("ReadBlockSource", "read worker"), ("raylet", "raylet"),
-                      ("gcs_server", "gcs_server"), ("ray::IDLE", "idle worker")):
+    for key, name in (
+        ("MapWorker", "predictor actor"),
+        ("ReadBlockSource", "read worker"),
+        ("raylet", "raylet"),
+        ("gcs_server", "gcs_server"),
+        ("ray::IDLE", "idle worker"),
+    ):
         if key in cmd:
             return name
     return "other ray process" if "ray" in cmd else "other"
@@ -87,9 +101,20 @@ def session_pids(sid: int):
 
 
 def measure(model: str, src: str, out: Path, extra) -> dict:
-    cmd = [sys.executable, str(ROOT / "run.py"), "infer", f"model_dir={model}", f"input={src}", f"output={out}", "overwrite=true", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "infer",
+        f"model_dir={model}",
+        f"input={src}",
+        f"output={out}",
+        "overwrite=true",
+        *extra,
+    ]
     start = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True
+    )
     peak_by_kind, peak_by_pid, peak_total, names = defaultdict(float), defaultdict(float), 0.0, {}
     while proc.poll() is None:
         total = 0.0
@@ -108,9 +133,13 @@ def measure(model: str, src: str, out: Path, extra) -> dict:
     for pid, peak in peak_by_pid.items():
         peak_by_kind[names[pid]] = max(peak_by_kind[names[pid]], peak)
     manifest = json.loads((out / "_SUCCESS").read_text())
-    return {"rows": manifest["rows"], "seconds": round(time.time() - start, 1), "processes": len(peak_by_pid),
-            "peak_rss_mb_by_kind": {k: round(v) for k, v in sorted(peak_by_kind.items())},
-            "peak_rss_mb_all_processes": round(peak_total)}
+    return {
+        "rows": manifest["rows"],
+        "seconds": round(time.time() - start, 1),
+        "processes": len(peak_by_pid),
+        "peak_rss_mb_by_kind": {k: round(v) for k, v in sorted(peak_by_kind.items())},
+        "peak_rss_mb_all_processes": round(peak_total),
+    }
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ loop: of the row x label decisions (label at or above its saved threshold), and 
 
     python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~12 min on 2 cores, plus ~7 min to train once
 """
+
 import argparse
 import json
 import os
@@ -29,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from machine import cpu_name  # benchmarks/, the script's own directory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 def prepare_data(data: Path, work: Path, train_rows: int, bench_rows: int):
     """Training and validation files (the first rows; validation only with labels training has), and the benchmark input (the last rows)."""
-    train, validation, bench = (work / f"arxiv-{part}.jsonl" for part in (f"train-{train_rows}", f"validation-{train_rows}", f"bench-{bench_rows}"))
+    train, validation, bench = (
+        work / f"arxiv-{part}.jsonl"
+        for part in (f"train-{train_rows}", f"validation-{train_rows}", f"bench-{bench_rows}")
+    )
     if not (train.exists() and validation.exists() and bench.exists()):
         lines = (data / "papers_before_2510.jsonl").read_text().splitlines()
         assert len(lines) >= train_rows * 1.2 + bench_rows, f"{data}: only {len(lines)} papers"
@@ -51,10 +54,22 @@ def prepare_data(data: Path, work: Path, train_rows: int, bench_rows: int):
 
 
 def train_model(train: Path, validation: Path, work: Path, steps: int, overrides=()) -> str:
-    run = work / "-".join(["minilm", train.stem, f"{steps}steps", *(o.replace("=", "_").replace("/", "_") for o in overrides)])
+    run = work / "-".join(
+        ["minilm", train.stem, f"{steps}steps", *(o.replace("=", "_").replace("/", "_") for o in overrides)]
+    )
     if not (run / "model" / "config.json").exists():
-        cmd = [sys.executable, str(ROOT / "run.py"), "train", "data=arxiv", f"data.train={train}", f"data.validation={validation}",
-               "task=multi_label", f"trainer.max_steps={steps}", f"output_dir={run}", *overrides]
+        cmd = [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "train",
+            "data=arxiv",
+            f"data.train={train}",
+            f"data.validation={validation}",
+            "task=multi_label",
+            f"trainer.max_steps={steps}",
+            f"output_dir={run}",
+            *overrides,
+        ]
         print("training:", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     return str(run / "model")
@@ -62,7 +77,12 @@ def train_model(train: Path, validation: Path, work: Path, steps: int, overrides
 
 def load_rows(path: Path):
     rows = [json.loads(l) for l in path.read_text().splitlines()]
-    return [r["id"] for r in rows], [r["title"] for r in rows], [r["abstract"] for r in rows], [set(r["categories"]) for r in rows]
+    return (
+        [r["id"] for r in rows],
+        [r["title"] for r in rows],
+        [r["abstract"] for r in rows],
+        [set(r["categories"]) for r in rows],
+    )
 
 
 def label_sets(probs: np.ndarray, labels, thresholds: np.ndarray):
@@ -102,8 +122,15 @@ def loop(model_dir: str, titles, abstracts, precision: str):
     predict_logits(model, [np.arange(1, 64)] * 4, [np.zeros(63, np.int64)] * 4, 4, 0, cpu, dtype)  # warm-up
     start = time.perf_counter()
     enc = tokenizer(titles, abstracts, truncation=True, return_attention_mask=False)
-    logits = predict_logits(model, [np.array(x) for x in enc["input_ids"]], [np.array(x) for x in enc["token_type_ids"]],
-                            default_batch_size(name, False), tokenizer.pad_token_id, cpu, dtype)
+    logits = predict_logits(
+        model,
+        [np.array(x) for x in enc["input_ids"]],
+        [np.array(x) for x in enc["token_type_ids"]],
+        default_batch_size(name, False),
+        tokenizer.pad_token_id,
+        cpu,
+        dtype,
+    )
     rate = len(titles) / (time.perf_counter() - start)
     return rate, 1 / (1 + np.exp(-logits)), name
 
@@ -113,11 +140,39 @@ def batch_infer(model_dir: str, src: Path, out: Path, overrides, replicas: int =
     or of the batch_infer component on `replicas` local_cwd replicas."""
     import pandas as pd
 
-    cmd = [sys.executable, str(ROOT / "run.py"), "infer", f"model_dir={model_dir}", f"input={src}", f"output={out}", "overwrite=true", *overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "infer",
+        f"model_dir={model_dir}",
+        f"input={src}",
+        f"output={out}",
+        "overwrite=true",
+        *overrides,
+    ]
     if replicas:
-        cmd = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd", "components/infer.py:batch_infer",
-               "--nnodes", str(replicas), "--cpu", str(max(1, os.cpu_count() // replicas)), "--model", model_dir,
-               "--input", str(src), "--output", str(out), "--", "overwrite=true", *overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torchx.cli.main",
+            "run",
+            "-s",
+            "local_cwd",
+            "components/infer.py:batch_infer",
+            "--nnodes",
+            str(replicas),
+            "--cpu",
+            str(max(1, os.cpu_count() // replicas)),
+            "--model",
+            model_dir,
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--",
+            "overwrite=true",
+            *overrides,
+        ]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -125,8 +180,13 @@ def batch_infer(model_dir: str, src: Path, out: Path, overrides, replicas: int =
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     manifest = json.loads((out / "_SUCCESS").read_text())
     got = pd.read_parquet(out)
-    return (manifest["rows"] / seconds, manifest["rows"] / manifest["pipeline_seconds"], manifest["rows"] / manifest["predict_seconds"],
-            dict(zip(got["id"], map(frozenset, got["labels"]))), "/".join(manifest["precision"]))
+    return (
+        manifest["rows"] / seconds,
+        manifest["rows"] / manifest["pipeline_seconds"],
+        manifest["rows"] / manifest["predict_seconds"],
+        dict(zip(got["id"], map(frozenset, got["labels"]))),
+        "/".join(manifest["precision"]),
+    )
 
 
 def main() -> None:
@@ -147,8 +207,8 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from recipes.infer_predict import default_batch_size
     from recipes import tasks
+    from recipes.infer_predict import default_batch_size
     from recipes.runtime import cpu_bf16_is_faster
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -162,12 +222,21 @@ def main() -> None:
         agree = {}
         if sets is not None:
             one_hot = lambda s: np.array([[l in s[i] for l in labels] for i in ids])  # noqa: E731
-            agree = {"decision_agreement_with_fp32": round(float((one_hot(sets) == one_hot(reference)).mean()), 5),
-                     "label_set_agreement_with_fp32": round(float(np.mean([sets[i] == reference[i] for i in ids])), 4),
-                     "f1_micro_vs_true_categories": round(f1_micro([sets[i] for i in ids], truth), 4)}
-        results.append({"run": run, "precision": precision, "rows_per_s": round(rate, 1),
-                        "pipeline_rows_per_s": None if pipeline_rate is None else round(pipeline_rate, 1),
-                        "steady_rows_per_s": None if steady_rate is None else round(steady_rate, 1), **agree})
+            agree = {
+                "decision_agreement_with_fp32": round(float((one_hot(sets) == one_hot(reference)).mean()), 5),
+                "label_set_agreement_with_fp32": round(float(np.mean([sets[i] == reference[i] for i in ids])), 4),
+                "f1_micro_vs_true_categories": round(f1_micro([sets[i] for i in ids], truth), 4),
+            }
+        results.append(
+            {
+                "run": run,
+                "precision": precision,
+                "rows_per_s": round(rate, 1),
+                "pipeline_rows_per_s": None if pipeline_rate is None else round(pipeline_rate, 1),
+                "steady_rows_per_s": None if steady_rate is None else round(steady_rate, 1),
+                **agree,
+            }
+        )
         print(json.dumps(results[-1]), flush=True)
 
     n = args.pipeline_rows
@@ -181,21 +250,36 @@ def main() -> None:
         record(f"in-process loop, sorted by length, batch {default_batch_size(name, False)}", rate, name, sets)
     for precision in ("auto", "int8"):
         for actors, threads in ((2, 1), (1, 2)):
-            e2e, pipe_rate, steady, got, name = batch_infer(model_dir, src, work / "out", [f"precision={precision}", f"actors={actors}",
-                                                                                       f"threads_per_actor={threads}"])
+            e2e, pipe_rate, steady, got, name = batch_infer(
+                model_dir,
+                src,
+                work / "out",
+                [f"precision={precision}", f"actors={actors}", f"threads_per_actor={threads}"],
+            )
             record(f"run.py infer, {actors} actor(s) x {threads} thread(s)", e2e, name, got, pipe_rate, steady)
     for replicas in (1, 2):
-        e2e, pipe_rate, steady, got, name = batch_infer(model_dir, src, work / "out", ["precision=auto"], replicas=replicas)
+        e2e, pipe_rate, steady, got, name = batch_infer(
+            model_dir, src, work / "out", ["precision=auto"], replicas=replicas
+        )
         record(f"torchx batch_infer, {replicas} replica(s)", e2e, name, got, pipe_rate, steady)
     out = {"cpu": cpu_name(), "model": model_dir, "rows": len(ids), "labels": len(labels), "results": results}
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
-    print("\n| run | precision | rows/s | excl. Ray start | once models are loaded | decisions = fp32 | label sets = fp32 | F1 |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| run | precision | rows/s | excl. Ray start | once models are loaded | decisions = fp32 | label sets = fp32 | F1 |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for r in results:
-        cells = ["" if r.get(k) is None else r[k]
-                 for k in ("pipeline_rows_per_s", "steady_rows_per_s", "decision_agreement_with_fp32", "label_set_agreement_with_fp32",
-                           "f1_micro_vs_true_categories")]
+        cells = [
+            "" if r.get(k) is None else r[k]
+            for k in (
+                "pipeline_rows_per_s",
+                "steady_rows_per_s",
+                "decision_agreement_with_fp32",
+                "label_set_agreement_with_fp32",
+                "f1_micro_vs_true_categories",
+            )
+        ]
         print(f"| {r['run']} | {r['precision']} | {r['rows_per_s']} | {' | '.join(map(str, cells))} |")
     plot(results, Path(args.results).with_suffix(".png"), out["cpu"])
 
@@ -208,8 +292,20 @@ def plot(results, path: Path, cpu: str) -> None:
 
     names = [f"{r['run']} [{r['precision']}]" for r in results]
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(results) + 1.6))
-    ax.barh(names, [r["steady_rows_per_s"] or 0 for r in results], color="tab:blue", alpha=0.25, label="once models are loaded")
-    ax.barh(names, [r["pipeline_rows_per_s"] or 0 for r in results], color="tab:blue", alpha=0.5, label="excluding Ray start")
+    ax.barh(
+        names,
+        [r["steady_rows_per_s"] or 0 for r in results],
+        color="tab:blue",
+        alpha=0.25,
+        label="once models are loaded",
+    )
+    ax.barh(
+        names,
+        [r["pipeline_rows_per_s"] or 0 for r in results],
+        color="tab:blue",
+        alpha=0.5,
+        label="excluding Ray start",
+    )
     ax.barh(names, [r["rows_per_s"] for r in results], color="tab:blue", label="end to end")
     ax.invert_yaxis()
     ax.set_xlabel("rows/s (2,000 arXiv title+abstract pairs, MiniLM-L6 multi-label)")

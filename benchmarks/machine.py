@@ -1,4 +1,5 @@
 """What the benchmarks ran on, for their result files and plots."""
+
 import os
 from pathlib import Path
 

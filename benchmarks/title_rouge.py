@@ -7,6 +7,7 @@ The baseline takes an abstract's first 10 words as its title. Both are scored wi
 500 test papers that data=arxiv_titles holds out of training (the recipe's seeded carve); the run's model is
 evaluated on them first unless it already was. Prints both and writes benchmarks/results/title_rouge.{json,png}.
 """
+
 import argparse
 import json
 import os
@@ -34,7 +35,9 @@ def test_papers(data_dir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="output_dir of a data=arxiv_titles task=seq2seq training run")
+    parser.add_argument(
+        "--run", type=Path, required=True, help="output_dir of a data=arxiv_titles task=seq2seq training run"
+    )
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the directory holding arxiv/")
     args = parser.parse_args()
     from benchmarks.machine import cpu_name
@@ -45,8 +48,19 @@ def main() -> None:
     baseline = {k: float(np.mean(v)) for k, v in baseline.items()}
     evaluation = args.run / "eval-test"
     if not (evaluation / "metrics.json").exists():
-        subprocess.run([sys.executable, str(ROOT / "run.py"), "evaluate", f"checkpoint={args.run / 'model'}", "data=arxiv_titles",
-                        "split=test", f"output_dir={evaluation}"], check=True, env={**os.environ, "TEXT_RECIPES_DATA": args.data})
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "run.py"),
+                "evaluate",
+                f"checkpoint={args.run / 'model'}",
+                "data=arxiv_titles",
+                "split=test",
+                f"output_dir={evaluation}",
+            ],
+            check=True,
+            env={**os.environ, "TEXT_RECIPES_DATA": args.data},
+        )
     model = json.loads((evaluation / "metrics.json").read_text())
     steps = json.loads((args.run / "metrics.json").read_text())["steps"]
     print(f"{len(table.texts)} held-out papers")
@@ -54,11 +68,16 @@ def main() -> None:
         print(f"{name:40s} " + "  ".join(f"{k} {scores[k]:.3f}" for k in ROUGE))
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": cpu_name(), "papers": len(table.texts), "baseline_first_10_words": baseline,
-              "model": {"run": str(args.run), "steps": steps, **{k: model[k] for k in ROUGE}}}
+    result = {
+        "machine": cpu_name(),
+        "papers": len(table.texts),
+        "baseline_first_10_words": baseline,
+        "model": {"run": str(args.run), "steps": steps, **{k: model[k] for k in ROUGE}},
+    }
     (out / "title_rouge.json").write_text(json.dumps(result, indent=2))
 
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

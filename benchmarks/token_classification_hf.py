@@ -11,6 +11,7 @@ Recipe side: `--recipe-run` is the output_dir of `python run.py train data=inspe
 its model is evaluated on the same test split (full documents, overlapping windows) unless it already was.
 Prints one line per run and writes benchmarks/results/token_classification_hf.{json,png}.
 """
+
 import argparse
 import json
 import multiprocessing
@@ -39,11 +40,15 @@ def run_hf(data_dir: str, lr: float) -> dict:
     import numpy as np
     import torch
     from datasets import Dataset
-    from seqeval.metrics import f1_score, precision_score, recall_score
-    from transformers import (AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification,
-                              Trainer, TrainingArguments)
-
     from omegaconf import OmegaConf
+    from seqeval.metrics import f1_score, precision_score, recall_score
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
 
     from launcher.compose import compose
     from recipes.model import resolve
@@ -66,18 +71,33 @@ def run_hf(data_dir: str, lr: float) -> dict:
                 ids.append(-100 if word is None or word == previous else label_id[doc_tags[word]])
                 previous = word
             out.append(ids)
-        return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": out}), enc
+        return Dataset.from_dict(
+            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": out}
+        ), enc
 
     train_ds, _ = encode(train_tokens, train_tags)
     test_ds, test_enc = encode(test_tokens, test_tags)
     torch.manual_seed(SEED)
-    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                                            label2id=label_id)
+    model = AutoModelForTokenClassification.from_pretrained(
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id
+    )
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(out, per_device_train_batch_size=BATCH, per_device_eval_batch_size=64, learning_rate=lr,
-                                 num_train_epochs=EPOCHS, seed=SEED, save_strategy="no", report_to=[], logging_steps=50,
-                                 use_cpu=True, disable_tqdm=False)
-        trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorForTokenClassification(tokenizer))
+        args = TrainingArguments(
+            out,
+            per_device_train_batch_size=BATCH,
+            per_device_eval_batch_size=64,
+            learning_rate=lr,
+            num_train_epochs=EPOCHS,
+            seed=SEED,
+            save_strategy="no",
+            report_to=[],
+            logging_steps=50,
+            use_cpu=True,
+            disable_tqdm=False,
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorForTokenClassification(tokenizer)
+        )
         start = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - start
@@ -97,18 +117,39 @@ def run_hf(data_dir: str, lr: float) -> dict:
     cut = sum(len(words) < len(tags) for words, tags in zip(truncated_gold, test_tags))
 
     def scores(gold, pred):
-        return {"f1": f1_score(gold, pred), "precision": precision_score(gold, pred), "recall": recall_score(gold, pred)}
+        return {
+            "f1": f1_score(gold, pred),
+            "precision": precision_score(gold, pred),
+            "recall": recall_score(gold, pred),
+        }
 
-    return {"lr": lr, "train_seconds": train_seconds, "truncated_documents": cut,
-            "as_run_ner": scores(truncated_gold, truncated_pred), "full": scores(test_tags, full_pred)}
+    return {
+        "lr": lr,
+        "train_seconds": train_seconds,
+        "truncated_documents": cut,
+        "as_run_ner": scores(truncated_gold, truncated_pred),
+        "full": scores(test_tags, full_pred),
+    }
 
 
 def recipe_scores(run: Path, data_dir: str) -> dict:
     metrics = run / "eval-test" / "metrics.json"
     if not metrics.exists():
-        subprocess.run([sys.executable, str(ROOT / "run.py"), "evaluate", f"checkpoint={run / 'model'}", "data=inspec",
-                        f"data.train={data_dir}/train.txt", f"data.validation={data_dir}/valid.txt",
-                        f"data.test={data_dir}/test.txt", "split=test", f"output_dir={run / 'eval-test'}"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "run.py"),
+                "evaluate",
+                f"checkpoint={run / 'model'}",
+                "data=inspec",
+                f"data.train={data_dir}/train.txt",
+                f"data.validation={data_dir}/valid.txt",
+                f"data.test={data_dir}/test.txt",
+                "split=test",
+                f"output_dir={run / 'eval-test'}",
+            ],
+            check=True,
+        )
     result = json.loads(metrics.read_text())
     return {"f1": result["f1"], "precision": result["precision"], "recall": result["recall"]}
 
@@ -116,7 +157,9 @@ def recipe_scores(run: Path, data_dir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="directory holding Inspec's train.txt, valid.txt and test.txt")
-    parser.add_argument("--recipe-run", type=Path, required=True, help="output_dir of the recipe's default run on data=inspec")
+    parser.add_argument(
+        "--recipe-run", type=Path, required=True, help="output_dir of the recipe's default run on data=inspec"
+    )
     parser.add_argument("--lr", type=float, nargs="+", default=[5e-5, 1e-4])
     args = parser.parse_args()
     from benchmarks.machine import cpu_name
@@ -126,21 +169,31 @@ def main() -> None:
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             r = pool.apply(run_hf, (args.data, lr))
         rows.append(r)
-        print(f"HF Trainer (run_ner), lr {lr:g}: test entity F1 {r['as_run_ner']['f1']:.3f} as run_ner scores it, "
-              f"{r['full']['f1']:.3f} on full documents ({r['truncated_documents']} truncated), train {r['train_seconds']:.0f} s", flush=True)
+        print(
+            f"HF Trainer (run_ner), lr {lr:g}: test entity F1 {r['as_run_ner']['f1']:.3f} as run_ner scores it, "
+            f"{r['full']['f1']:.3f} on full documents ({r['truncated_documents']} truncated), train {r['train_seconds']:.0f} s",
+            flush=True,
+        )
     recipe = recipe_scores(args.recipe_run, args.data)
-    print(f"text-recipes default: test entity F1 {recipe['f1']:.3f} on full documents (P {recipe['precision']:.3f}, R {recipe['recall']:.3f})")
+    print(
+        f"text-recipes default: test entity F1 {recipe['f1']:.3f} on full documents (P {recipe['precision']:.3f}, R {recipe['recall']:.3f})"
+    )
     best = max(rows, key=lambda r: r["full"]["f1"])
-    print(f"best HF setting (lr {best['lr']:g}) {best['full']['f1']:.3f} vs text-recipes {recipe['f1']:.3f}: "
-          f"{recipe['f1'] - best['full']['f1']:+.3f}")
+    print(
+        f"best HF setting (lr {best['lr']:g}) {best['full']['f1']:.3f} vs text-recipes {recipe['f1']:.3f}: "
+        f"{recipe['f1'] - best['full']['f1']:+.3f}"
+    )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "token_classification_hf.json").write_text(json.dumps({"machine": cpu_name(), "hf": rows, "recipe": recipe}, indent=2))
+    (out / "token_classification_hf.json").write_text(
+        json.dumps({"machine": cpu_name(), "hf": rows, "recipe": recipe}, indent=2)
+    )
     plot(rows, recipe, out / "token_classification_hf.png", cpu_name())
 
 
 def plot(rows, recipe, path: Path, machine: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

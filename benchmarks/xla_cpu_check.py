@@ -10,6 +10,7 @@ torch_xla 2.9 needs torch 2.9, so this runs in its own environment (large downlo
         /work/xla-venv/bin/pip install -e '.'
     /work/xla-venv/bin/python benchmarks/xla_cpu_check.py        # ~5 min on 2 cores, mostly XLA compiling
 """
+
 import argparse
 import json
 import os
@@ -23,8 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(out: Path, device: str, precision: str, steps: int) -> dict:
-    cmd = [sys.executable, str(ROOT / "run.py"), "train", f"trainer.device={device}", f"trainer.precision={precision}",
-           f"trainer.max_steps={steps}", "trainer.log_every=1", "trainer.eval_every=1000", "model.dropout=0", f"output_dir={out}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "train",
+        f"trainer.device={device}",
+        f"trainer.precision={precision}",
+        f"trainer.max_steps={steps}",
+        "trainer.log_every=1",
+        "trainer.eval_every=1000",
+        "model.dropout=0",
+        f"output_dir={out}",
+    ]
     env = {**os.environ, "PJRT_DEVICE": "CPU"} if device == "tpu" else dict(os.environ)
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -44,16 +55,26 @@ def main() -> None:
     import torch
     import torch_xla
 
-    print(f"torch {torch.__version__}, torch_xla {torch_xla.__version__}, {os.cpu_count()} CPUs; data: data/support_tickets, "
-          f"model: the packaged MiniLM, {args.steps} steps of batch 32, dropout 0")
+    print(
+        f"torch {torch.__version__}, torch_xla {torch_xla.__version__}, {os.cpu_count()} CPUs; data: data/support_tickets, "
+        f"model: the packaged MiniLM, {args.steps} steps of batch 32, dropout 0"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {name: train(Path(tmp) / name, device, precision, args.steps)
-                for name, device, precision in (("eager cpu fp32", "cpu", "fp32"), ("xla fp32", "tpu", "fp32"), ("xla bf16", "tpu", "bf16"))}
+        runs = {
+            name: train(Path(tmp) / name, device, precision, args.steps)
+            for name, device, precision in (
+                ("eager cpu fp32", "cpu", "fp32"),
+                ("xla fp32", "tpu", "fp32"),
+                ("xla bf16", "tpu", "bf16"),
+            )
+        }
     eager = runs["eager cpu fp32"]["losses"]
     for name, run in runs.items():
         diff = max(abs(a - b) for a, b in zip(run["losses"], eager))
-        print(f"{name:15s} {run['seconds']:6.1f} s  validation accuracy {run['validation']['accuracy']:.4f}  "
-              f"max |loss - eager| {diff:.2e}  losses {' '.join(f'{l:.4f}' for l in run['losses'])}")
+        print(
+            f"{name:15s} {run['seconds']:6.1f} s  validation accuracy {run['validation']['accuracy']:.4f}  "
+            f"max |loss - eager| {diff:.2e}  losses {' '.join(f'{l:.4f}' for l in run['losses'])}"
+        )
     fp32_diff = max(abs(a - b) for a, b in zip(runs["xla fp32"]["losses"], eager))
     assert fp32_diff < 1e-3, f"XLA fp32 loss curve differs from eager by {fp32_diff}"
     print("XLA fp32 matches eager CPU")

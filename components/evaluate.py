@@ -1,10 +1,11 @@
 """Evaluate a trained classifier: ``torchx run components/evaluate.py:evaluate --checkpoint RUN/model -- [key=value ...]``."""
+
 from typing import Dict, Optional
 
 from torchx import specs
 
-from launcher.submit.appdef import recipe_app
 from components.train import IMAGE
+from launcher.submit.appdef import recipe_app
 
 
 def evaluate(
@@ -49,6 +50,17 @@ def evaluate(
     if output_dir:
         overrides = (*overrides, f"output_dir={output_dir}")
     return recipe_app(
-        "evaluate", list(overrides), name=name, image=image, nnodes=1, nproc_per_node=nproc_per_node,
-        cpu=cpu, gpu=gpu, memMB=memMB, h=h, env=env, max_retries=max_retries, rdzv_port=29500,
+        "evaluate",
+        list(overrides),
+        name=name,
+        image=image,
+        nnodes=1,
+        nproc_per_node=nproc_per_node,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        h=h,
+        env=env,
+        max_retries=max_retries,
+        rdzv_port=29500,
     )

@@ -1,5 +1,6 @@
 """Batch-score files with a trained classifier on a Ray cluster spanning the job's replicas:
 ``torchx run components/infer.py:batch_infer --model RUN/model --input DATA --output DIR [--nnodes N] -- [key=value ...]``."""
+
 from typing import Dict, Optional
 
 from torchx import specs
@@ -63,20 +64,38 @@ def batch_infer(
     env = check_env(env)
     resource = specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
     # the component's --gpu places one actor per GPU by default; overrides after `--` come later and win
-    overrides = (f"gpus_per_actor={1 if resource.gpu else 0}", *overrides,
-                 f"model_dir={model}", f"input={input}", f"output={output}")
+    overrides = (
+        f"gpus_per_actor={1 if resource.gpu else 0}",
+        *overrides,
+        f"model_dir={model}",
+        f"input={input}",
+        f"output={output}",
+    )
     check_overrides("infer", list(overrides))
     head = _noquote(f"$${{{specs.macros.rank0_env}:=localhost}}:{ray_port}")
     cmd = [
-        "python3", "-m", "launcher.job.ray_cluster",
-        "--replica-id", specs.macros.replica_id,
-        "--nnodes", str(nnodes),
-        "--head", head,
-        "--job-id", specs.macros.app_id,
-        "--cpus", str(resource.cpu),
-        "--gpus", str(resource.gpu),
-        "--join-timeout", str(join_timeout),
-        "--", "python3", "run.py", "infer", *overrides,
+        "python3",
+        "-m",
+        "launcher.job.ray_cluster",
+        "--replica-id",
+        specs.macros.replica_id,
+        "--nnodes",
+        str(nnodes),
+        "--head",
+        head,
+        "--job-id",
+        specs.macros.app_id,
+        "--cpus",
+        str(resource.cpu),
+        "--gpus",
+        str(resource.gpu),
+        "--join-timeout",
+        str(join_timeout),
+        "--",
+        "python3",
+        "run.py",
+        "infer",
+        *overrides,
     ]
     return specs.AppDef(
         name=name,

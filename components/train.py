@@ -1,4 +1,5 @@
 """Fine-tune a text classifier: ``torchx run components/train.py:train [args] -- [key=value ...]``."""
+
 from typing import Dict, Optional
 
 from torchx import specs
@@ -53,6 +54,17 @@ def train(
     if output_dir:
         overrides = (*overrides, f"output_dir={output_dir}")
     return recipe_app(
-        "train", list(overrides), name=name, image=image, nnodes=nnodes, nproc_per_node=nproc_per_node,
-        cpu=cpu, gpu=gpu, memMB=memMB, h=h, env=env, max_retries=max_retries, rdzv_port=rdzv_port,
+        "train",
+        list(overrides),
+        name=name,
+        image=image,
+        nnodes=nnodes,
+        nproc_per_node=nproc_per_node,
+        cpu=cpu,
+        gpu=gpu,
+        memMB=memMB,
+        h=h,
+        env=env,
+        max_retries=max_retries,
+        rdzv_port=rdzv_port,
     )

@@ -3,6 +3,7 @@
 `run.py` and the components both compose here, so what a component can check when it
 builds the AppDef fails at `torchx run --dryrun` time, not after the job waited for nodes.
 """
+
 import dataclasses
 import math
 import os
@@ -53,7 +54,9 @@ def schema(command: str):
     if command != "infer":
         return SCHEMAS[command]
     options = tasks.options_schema()
-    return dataclasses.make_dataclass("InferConfig", [("task", options, dataclasses.field(default_factory=options))], bases=(SCHEMAS[command],))
+    return dataclasses.make_dataclass(
+        "InferConfig", [("task", options, dataclasses.field(default_factory=options))], bases=(SCHEMAS[command],)
+    )
 
 
 def register() -> None:
@@ -98,7 +101,9 @@ def _parse(overrides: Sequence[str]) -> None:
         try:
             parser.parse_overrides([override])
         except Exception:
-            raise RecipeError(f"{override!r}: not a Hydra override; expected key=value (e.g. trainer.max_steps=100)") from None
+            raise RecipeError(
+                f"{override!r}: not a Hydra override; expected key=value (e.g. trainer.max_steps=100)"
+            ) from None
 
 
 def _composition_error(e: Exception, command: str) -> str:
@@ -110,7 +115,9 @@ def _composition_error(e: Exception, command: str) -> str:
     converted = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", msg)
     if key and converted:
         value, kind = converted.groups()
-        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}.get(kind, kind)
+        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}.get(
+            kind, kind
+        )
         return f"{key}={value!r}: expected {kind}"
     group = re.search(r"Could not find '([\w/]+)/([^']+)'", str(e))
     if group:

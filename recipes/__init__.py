@@ -1,1 +1,1 @@
-"""Code that runs inside a replica: data, model, metrics and the train/evaluate loops."""
+"""Code that runs inside a replica: data, models, tasks (recipes/tasks/) and the train, evaluate and infer loops."""

@@ -3,6 +3,7 @@
 A read task calls `task.encode_block` on the good rows of a block; the Arrow columns it returns travel
 to a predictor actor, where `task.predict_block` turns them into output columns.
 """
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -37,8 +38,12 @@ def _truncating(tokenizer, texts: List[str], pairs: Optional[List[str]], max_len
     ids, types = enc["input_ids"], enc.get("token_type_ids")
     over = [i for i, row in enumerate(ids) if len(row) > max_length]
     if over:
-        again = tokenizer([texts[i] for i in over], [pairs[i] for i in over] if pairs is not None else None,
-                          max_length=max_length, **kwargs)
+        again = tokenizer(
+            [texts[i] for i in over],
+            [pairs[i] for i in over] if pairs is not None else None,
+            max_length=max_length,
+            **kwargs,
+        )
         for j, i in enumerate(over):
             ids[i] = again["input_ids"][j]
             if types is not None:

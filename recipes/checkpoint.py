@@ -3,6 +3,7 @@
 A run killed at any moment (kill -9 included) leaves only complete `step_*.pt` files behind,
 so the next launch resumes from the newest of them.
 """
+
 import os
 import pickle
 import re
@@ -73,7 +74,9 @@ class RunDir:
         while not path.exists():
             path = path.parent
         if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-            raise RecipeError(f"output_dir {self.url}: not writable ({path} is {'not a directory' if not path.is_dir() else 'read-only'})")
+            raise RecipeError(
+                f"output_dir {self.url}: not writable ({path} is {'not a directory' if not path.is_dir() else 'read-only'})"
+            )
 
     def create(self) -> None:
         self.local.mkdir(parents=True, exist_ok=True)
@@ -89,7 +92,9 @@ def check_run_dir(run: RunDir, config_yaml: str) -> None:
     if not names:
         return
     if "config.yaml" not in names:
-        raise RecipeError(f"output_dir {run.url}: not empty and not a text-recipes run (no config.yaml); use a new or empty directory")
+        raise RecipeError(
+            f"output_dir {run.url}: not empty and not a text-recipes run (no config.yaml); use a new or empty directory"
+        )
     if not _steps(run) and "model" not in names:
         return  # stopped before its first checkpoint: nothing to resume, so any config may start afresh
     old, new = _flat(yaml.safe_load(run.read_text("config.yaml"))), _flat(yaml.safe_load(config_yaml))
@@ -97,8 +102,10 @@ def check_run_dir(run: RunDir, config_yaml: str) -> None:
     if changed:
         shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        raise RecipeError(f"output_dir {run.url} holds a run with another config ({shown}{more}); "
-                          "relaunch with its config to resume, or use a new output_dir")
+        raise RecipeError(
+            f"output_dir {run.url} holds a run with another config ({shown}{more}); "
+            "relaunch with its config to resume, or use a new output_dir"
+        )
 
 
 def _flat(tree, prefix: str = "") -> Dict[str, Any]:
@@ -157,5 +164,7 @@ def load_latest(run: RunDir) -> Optional[Dict[str, Any]]:
     try:
         return torch.load(local, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise RecipeError(f"{run.uri('checkpoints', name)}: damaged checkpoint ({str(e).strip().splitlines()[0]}); "
-                          "delete it to resume from an earlier one, or use a new output_dir") from None
+        raise RecipeError(
+            f"{run.uri('checkpoints', name)}: damaged checkpoint ({str(e).strip().splitlines()[0]}); "
+            "delete it to resume from an earlier one, or use a new output_dir"
+        ) from None

@@ -7,6 +7,7 @@ this module reads no files and imports nothing heavy. What only the job's machin
 devices) is checked by data.py, model.py and the runtime when a recipe starts. Each task's keys are its
 module's (recipes/tasks/).
 """
+
 import math
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -115,7 +116,9 @@ class InferConfig:
     precision: str = MISSING  # auto, fp32, bf16 or int8 (CPU: dynamic quantization of the linear layers)
     batch_size: Optional[int] = MISSING  # rows per forward pass; null: 16 on CPU (8 at int8), 64 on GPUs
     block_rows: int = MISSING  # input rows per output shard: the unit that is sorted by length and committed
-    actors: Optional[int] = MISSING  # predictor actors; null: one per gpus_per_actor GPUs, or per threads_per_actor CPUs
+    actors: Optional[int] = (
+        MISSING  # predictor actors; null: one per gpus_per_actor GPUs, or per threads_per_actor CPUs
+    )
     gpus_per_actor: float = MISSING  # the component's --gpu; 0: predict on CPU
     cpus_per_actor: float = MISSING  # Ray's CPU reservation per actor, below its threads to leave room for read tasks
     threads_per_actor: int = MISSING  # torch threads in each actor
@@ -134,7 +137,15 @@ INFER_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("auto", "cpu", "cuda", "tpu")
 # transformers schedulers that need nothing beyond (optimizer, warmup steps, total steps) and step once per
 # optimizer step; the others want extra arguments (min_lr, decay steps) or a metric (reduce_lr_on_plateau).
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -153,11 +164,25 @@ def _one_of(node, prefix: str, key: str, choices) -> None:
 
 def check_model(m) -> None:
     if not OmegaConf.is_interpolation(m, "name_or_path"):  # resolved where the job runs (an installed package)
-        require(str(m.name_or_path).strip() != "", "model.name_or_path", m.name_or_path, "expected a Hub id, a model directory or a gs:// URL")
+        require(
+            str(m.name_or_path).strip() != "",
+            "model.name_or_path",
+            m.name_or_path,
+            "expected a Hub id, a model directory or a gs:// URL",
+        )
     _at_least(m, "model.", "max_length", 8)
-    require(m.dropout is None or 0 <= m.dropout < 1, "model.dropout", m.dropout, "expected a probability in [0, 1), or null for the model's own")
-    require(m.attn_implementation in (None, *ATTENTION), "model.attn_implementation", m.attn_implementation,
-            f"expected null (automatic) or one of {', '.join(ATTENTION)}")
+    require(
+        m.dropout is None or 0 <= m.dropout < 1,
+        "model.dropout",
+        m.dropout,
+        "expected a probability in [0, 1), or null for the model's own",
+    )
+    require(
+        m.attn_implementation in (None, *ATTENTION),
+        "model.attn_implementation",
+        m.attn_implementation,
+        f"expected null (automatic) or one of {', '.join(ATTENTION)}",
+    )
 
 
 def data_format(fmt: Optional[str], path: Optional[str]) -> Optional[str]:
@@ -167,58 +192,123 @@ def data_format(fmt: Optional[str], path: Optional[str]) -> Optional[str]:
     suffixes = [s.lower() for s in PurePosixPath(str(path or "").split("?")[0]).suffixes]
     if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz", ".zst", ".zip"):
         suffixes.pop()
-    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".conll": "conll"}.get(suffixes[-1] if suffixes else "")
+    return {
+        ".csv": "csv",
+        ".tsv": "tsv",
+        ".jsonl": "jsonl",
+        ".json": "jsonl",
+        ".parquet": "parquet",
+        ".conll": "conll",
+    }.get(suffixes[-1] if suffixes else "")
 
 
 def check_data(d, needed=SPLITS) -> None:
-    require(d.format is None or d.format in FORMATS, "data.format", d.format, f"expected null (from the file extension) or one of {', '.join(FORMATS)}")
+    require(
+        d.format is None or d.format in FORMATS,
+        "data.format",
+        d.format,
+        f"expected null (from the file extension) or one of {', '.join(FORMATS)}",
+    )
     carves = d.split is not None or (d.validation is None and d.test is None)
     if d.hub_id is None and ("train" in needed or carves and any(d[s] is None for s in needed)):
         require(d.train is not None, "data.train", "null", "no training file given (set data.train=path/to/file)")
     for split in SPLITS:
         value = d[split]
-        require(value is None or str(value).strip() != "", f"data.{split}", value, "expected a file path, URL or Hub split name, or null")
+        require(
+            value is None or str(value).strip() != "",
+            f"data.{split}",
+            value,
+            "expected a file path, URL or Hub split name, or null",
+        )
     given = [s for s in ("validation", "test") if d[s] is not None]
     if d.split is not None:
         fractions = list(d.split)
-        require(len(fractions) == 3 and all(f >= 0 for f in fractions), "data.split", fractions,
-                "expected three non-negative fractions: train, validation, test")
+        require(
+            len(fractions) == 3 and all(f >= 0 for f in fractions),
+            "data.split",
+            fractions,
+            "expected three non-negative fractions: train, validation, test",
+        )
         require(math.isclose(sum(fractions), 1.0, abs_tol=1e-6), "data.split", fractions, "the fractions must sum to 1")
         for s in given:
-            require(fractions[SPLITS.index(s)] == 0, "data.split", fractions,
-                    f"data.{s} is given as a file, so its fraction must be 0 (given files are used whole)")
+            require(
+                fractions[SPLITS.index(s)] == 0,
+                "data.split",
+                fractions,
+                f"data.{s} is given as a file, so its fraction must be 0 (given files are used whole)",
+            )
     require(0 <= d.split_seed < 2**32, "data.split_seed", d.split_seed, "expected an integer from 0 to 2**32 - 1")
     for key in ("text_column", "label_column"):
         require(bool(str(d[key]).strip()), f"data.{key}", d[key], "expected a column name")
-    require(d.text_pair_column is None or d.text_pair_column != d.text_column, "data.text_pair_column", d.text_pair_column,
-            "must differ from data.text_column")
-    require(d.label_column not in (d.text_column, d.text_pair_column), "data.label_column", d.label_column, "must differ from the text columns")
-    require(d.label_delimiter is None or d.label_delimiter != "", "data.label_delimiter", d.label_delimiter, "expected a non-empty string or null")
+    require(
+        d.text_pair_column is None or d.text_pair_column != d.text_column,
+        "data.text_pair_column",
+        d.text_pair_column,
+        "must differ from data.text_column",
+    )
+    require(
+        d.label_column not in (d.text_column, d.text_pair_column),
+        "data.label_column",
+        d.label_column,
+        "must differ from the text columns",
+    )
+    require(
+        d.label_delimiter is None or d.label_delimiter != "",
+        "data.label_delimiter",
+        d.label_delimiter,
+        "expected a non-empty string or null",
+    )
     if d.hub_id is not None:
         return
     tabular = [s for s in needed if d[s] is not None and data_format(d.format, d[s]) in ("jsonl", "parquet", "conll")]
     if d.column_names is not None:
         names = list(d.column_names)
-        require(len(set(names)) == len(names) and all(str(n).strip() for n in names), "data.column_names", names,
-                "expected distinct, non-empty column names")
-        require(not tabular, "data.column_names", names, f"applies to csv/tsv files only, not {d[tabular[0]] if tabular else ''}")
+        require(
+            len(set(names)) == len(names) and all(str(n).strip() for n in names),
+            "data.column_names",
+            names,
+            "expected distinct, non-empty column names",
+        )
+        require(
+            not tabular,
+            "data.column_names",
+            names,
+            f"applies to csv/tsv files only, not {d[tabular[0]] if tabular else ''}",
+        )
     if not d.header and not tabular:
-        require(d.column_names is not None, "data.header", False, "header-less csv/tsv files need data.column_names=[...]")
+        require(
+            d.column_names is not None, "data.header", False, "header-less csv/tsv files need data.column_names=[...]"
+        )
 
 
 def check_optim(o) -> None:
     require(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
     betas = list(o.betas)
-    require(len(betas) == 2 and all(0 <= b < 1 for b in betas), "optim.betas", betas, "expected two numbers in [0, 1), e.g. [0.9, 0.999]")
+    require(
+        len(betas) == 2 and all(0 <= b < 1 for b in betas),
+        "optim.betas",
+        betas,
+        "expected two numbers in [0, 1), e.g. [0.9, 0.999]",
+    )
     require(o.eps > 0, "optim.eps", o.eps, "must be > 0")
     _one_of(o, "optim.", "scheduler", SCHEDULERS)
-    require(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", o.warmup_fraction, "expected a fraction of the steps in [0, 1)")
+    require(
+        0 <= o.warmup_fraction < 1,
+        "optim.warmup_fraction",
+        o.warmup_fraction,
+        "expected a fraction of the steps in [0, 1)",
+    )
 
 
 def check_trainer(t) -> None:
     require(0 <= t.seed < 2**32, "trainer.seed", t.seed, "expected an integer from 0 to 2**32 - 1")
-    require(t.max_steps == -1 or t.max_steps >= 1, "trainer.max_steps", t.max_steps, "expected -1 (run trainer.epochs) or at least 1")
+    require(
+        t.max_steps == -1 or t.max_steps >= 1,
+        "trainer.max_steps",
+        t.max_steps,
+        "expected -1 (run trainer.epochs) or at least 1",
+    )
     if t.max_steps == -1:
         _at_least(t, "trainer.", "epochs", 1)
     for key in ("batch_size", "eval_batch_size", "grad_accum_steps", "group_size", "keep_checkpoints", "log_every"):
@@ -243,7 +333,12 @@ def check_train(cfg) -> None:
 
 
 def check_evaluate(cfg) -> None:
-    require(str(cfg.checkpoint).strip() != "", "checkpoint", cfg.checkpoint, "expected a model directory (<run>/model) or run directory")
+    require(
+        str(cfg.checkpoint).strip() != "",
+        "checkpoint",
+        cfg.checkpoint,
+        "expected a model directory (<run>/model) or run directory",
+    )
     _one_of(cfg, "", "split", SPLITS)
     check_data(cfg.data, needed=(cfg.split,))
     _at_least(cfg, "", "batch_size", 1)
@@ -256,25 +351,54 @@ def check_infer(cfg) -> None:
     for key in ("model_dir", "input", "output"):
         require(bool(str(cfg[key]).strip()), key, cfg[key], "expected a path or gs:// URL")
     require(str(cfg.output).rstrip("/") != str(cfg.input).rstrip("/"), "output", cfg.output, "must differ from input")
-    require(cfg.format is None or cfg.format in INFER_FORMATS, "format", cfg.format,
-             f"expected null (from the file extension) or one of {', '.join(INFER_FORMATS)}")
+    require(
+        cfg.format is None or cfg.format in INFER_FORMATS,
+        "format",
+        cfg.format,
+        f"expected null (from the file extension) or one of {', '.join(INFER_FORMATS)}",
+    )
     if cfg.column_names is not None:
         names = list(cfg.column_names)
-        require(len(names) > 0 and len(set(names)) == len(names) and all(str(n).strip() for n in names),
-                 "column_names", names, "expected distinct, non-empty column names")
+        require(
+            len(names) > 0 and len(set(names)) == len(names) and all(str(n).strip() for n in names),
+            "column_names",
+            names,
+            "expected distinct, non-empty column names",
+        )
     for key in ("text_column", "text_pair_column", "id_column"):
         require(cfg[key] is None or str(cfg[key]).strip() != "", key, cfg[key], "expected a column name, or null")
     named = [cfg[k] for k in ("text_column", "text_pair_column", "id_column") if cfg[k] is not None]
     require(len(set(named)) == len(named), "id_column", cfg.id_column, "text, pair and id columns must differ")
     require(cfg.max_length is None or cfg.max_length >= 8, "max_length", cfg.max_length, "expected null or at least 8")
-    require(cfg.output_format in OUTPUT_FORMATS, "output_format", cfg.output_format, f"expected one of {', '.join(OUTPUT_FORMATS)}")
-    require(cfg.precision in INFER_PRECISIONS, "precision", cfg.precision, f"expected one of {', '.join(INFER_PRECISIONS)}")
-    require(not (cfg.precision == "int8" and cfg.gpus_per_actor > 0), "precision", cfg.precision,
-             "int8 (dynamic quantization) runs on CPU only; use auto, bf16 or fp32 with gpus_per_actor > 0")
+    require(
+        cfg.output_format in OUTPUT_FORMATS,
+        "output_format",
+        cfg.output_format,
+        f"expected one of {', '.join(OUTPUT_FORMATS)}",
+    )
+    require(
+        cfg.precision in INFER_PRECISIONS, "precision", cfg.precision, f"expected one of {', '.join(INFER_PRECISIONS)}"
+    )
+    require(
+        not (cfg.precision == "int8" and cfg.gpus_per_actor > 0),
+        "precision",
+        cfg.precision,
+        "int8 (dynamic quantization) runs on CPU only; use auto, bf16 or fp32 with gpus_per_actor > 0",
+    )
     for key in ("block_rows", "threads_per_actor"):
         require(cfg[key] >= 1, key, cfg[key], "must be at least 1")
-    require(cfg.batch_size is None or cfg.batch_size >= 1, "batch_size", cfg.batch_size, "expected null (by device) or at least 1")
-    require(cfg.actors is None or cfg.actors >= 1, "actors", cfg.actors, "expected null (from the cluster's resources) or at least 1")
+    require(
+        cfg.batch_size is None or cfg.batch_size >= 1,
+        "batch_size",
+        cfg.batch_size,
+        "expected null (by device) or at least 1",
+    )
+    require(
+        cfg.actors is None or cfg.actors >= 1,
+        "actors",
+        cfg.actors,
+        "expected null (from the cluster's resources) or at least 1",
+    )
     require(cfg.gpus_per_actor >= 0, "gpus_per_actor", cfg.gpus_per_actor, "must be >= 0")
     require(cfg.cpus_per_actor > 0, "cpus_per_actor", cfg.cpus_per_actor, "must be > 0 (fractions allowed)")
 

@@ -1,4 +1,5 @@
 """Reading labeled text tables, encoding them, and batching them by length."""
+
 import csv
 import io
 import json
@@ -14,11 +15,11 @@ import pyarrow.parquet as pq
 import torch
 
 from recipes import storage
-from recipes.config import FORMATS, SPLITS, data_format as data_format_of
+from recipes.config import FORMATS, SPLITS
+from recipes.config import data_format as data_format_of
 from recipes.errors import RecipeError
 
 log = logging.getLogger("text_recipes")
-
 
 
 def detect_format(source: str, fmt: Optional[str]) -> str:
@@ -35,7 +36,9 @@ def _decode(raw: bytes, source: str) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(f"{source} line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
+        raise RecipeError(
+            f"{source} line {line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8"
+        ) from None
 
 
 def read_file(source: str, cfg) -> pd.DataFrame:
@@ -95,7 +98,9 @@ def _read_jsonl(text: str, source: str) -> pd.DataFrame:
         except json.JSONDecodeError as e:
             raise RecipeError(f"{source} line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
-            raise RecipeError(f"{source} line {n}: expected a JSON object {{\"text\": ..., \"label\": ...}}, got {type(row).__name__} {line.strip()[:40]}")
+            raise RecipeError(
+                f'{source} line {n}: expected a JSON object {{"text": ..., "label": ...}}, got {type(row).__name__} {line.strip()[:40]}'
+            )
         rows.append(row)
     return pd.DataFrame(rows, dtype=object)  # object: labels 1 and 0.0 stay what they are
 
@@ -121,11 +126,15 @@ def _read_delimited(text: str, source: str, fmt: str, cfg) -> pd.DataFrame:
         names = list(cfg.column_names)
         first = [v.strip() for v in rows[0]]
         if first == names or (cfg.label_column in names and first[names.index(cfg.label_column)] == cfg.label_column):
-            raise RecipeError(f"{source} row 1: looks like a header ({', '.join(first)}), but data.header=false; set data.header=true")
+            raise RecipeError(
+                f"{source} row 1: looks like a header ({', '.join(first)}), but data.header=false; set data.header=true"
+            )
     for row, line in zip(rows, lines):
         if len(row) != len(names):
             what = "tabs" if fmt == "tsv" else "commas (quote them), or a quote left open"
-            raise RecipeError(f"{source} line {line}: {len(row)} fields, expected {len(names)} ({', '.join(names)}); fields with {what}?")
+            raise RecipeError(
+                f"{source} line {line}: {len(row)} fields, expected {len(names)} ({', '.join(names)}); fields with {what}?"
+            )
     return pd.DataFrame(rows, columns=names, dtype=str)
 
 
@@ -143,14 +152,18 @@ def read_hub(cfg, split: str) -> pd.DataFrame:
     try:
         return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split).to_pandas()
     except Exception as e:  # offline, unknown id or split: datasets raises many kinds
-        raise RecipeError(f"data.hub_id={cfg.hub_id} split {split!r}: cannot load ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+        raise RecipeError(
+            f"data.hub_id={cfg.hub_id} split {split!r}: cannot load ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+        ) from None
 
 
 def require_columns(df: pd.DataFrame, source: str, cfg, keys: Sequence[str]) -> None:
     for key in keys:
         col = getattr(cfg, key)
         if col is not None and col not in df.columns:
-            raise RecipeError(f"{source}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); set data.{key}")
+            raise RecipeError(
+                f"{source}: no column {col!r} (columns: {', '.join(map(str, df.columns))}); set data.{key}"
+            )
 
 
 def texts(col: pd.Series, source: str, name: str, rows: List[int]) -> List[str]:
@@ -159,9 +172,13 @@ def texts(col: pd.Series, source: str, name: str, rows: List[int]) -> List[str]:
         if missing(text) or (isinstance(text, str) and not text.strip()):
             raise RecipeError(f"{source} row {row}: empty text in column {name!r}")
         if isinstance(text, (list, np.ndarray)):
-            raise RecipeError(f"{source} row {row}: column {name!r} holds a list of tokens, expected a string (token lists: task=token_classification)")
+            raise RecipeError(
+                f"{source} row {row}: column {name!r} holds a list of tokens, expected a string (token lists: task=token_classification)"
+            )
         if not isinstance(text, str):
-            raise RecipeError(f"{source} row {row}: text in column {name!r} is {type(text).__name__} {text!r}, expected a string")
+            raise RecipeError(
+                f"{source} row {row}: text in column {name!r} is {type(text).__name__} {text!r}, expected a string"
+            )
     if not values:
         raise RecipeError(f"{source}: no examples")
     return values
@@ -179,10 +196,14 @@ def class_name(value, source: str, row: int, column: str) -> str:
         return str(int(value))
     if isinstance(value, numbers.Real):
         if not float(value).is_integer():
-            raise RecipeError(f"{source} row {row}: label {value!r} in column {column!r} is not a class name; expected a string or an integer")
+            raise RecipeError(
+                f"{source} row {row}: label {value!r} in column {column!r} is not a class name; expected a string or an integer"
+            )
         return str(int(value))
     if not isinstance(value, str):
-        raise RecipeError(f"{source} row {row}: label in column {column!r} is {type(value).__name__} {value!r}; expected a string or an integer")
+        raise RecipeError(
+            f"{source} row {row}: label in column {column!r} is {type(value).__name__} {value!r}; expected a string or an integer"
+        )
     return value.strip()
 
 
@@ -207,6 +228,7 @@ def load_splits(cfg, task, needed: Sequence[str] = SPLITS) -> Dict[str, Any]:
     Carved splits come from a seeded shuffle of train, so evaluation on a carved test split
     sees exactly the rows training held out. `task.table` turns each split's rows into its examples.
     """
+
     def read(split):
         source = cfg[split]
         if cfg.hub_id:
@@ -251,7 +273,9 @@ class Encoded:
 
     features: Dict[str, List[List[int]]]  # input_ids, and token_type_ids where the model uses them
     lengths: np.ndarray
-    labels: Union[torch.Tensor, List[List[int]]]  # per example: a class id or label vector; or per token (padded with IGNORE)
+    labels: Union[
+        torch.Tensor, List[List[int]]
+    ]  # per example: a class id or label vector; or per token (padded with IGNORE)
     extra: Any = None  # the task's own bookkeeping (e.g. which document a window came from)
 
 
@@ -280,8 +304,14 @@ def collate(data: Encoded, indices: Sequence[int], pad_id: int, width: Optional[
 
 
 def epoch_batches(
-    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, group_size: int,
-    rank: int = 0, world_size: int = 1,
+    lengths: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+    group_size: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> List[np.ndarray]:
     """This rank's batches for one epoch, the same on every run with the same arguments.
 
@@ -294,7 +324,10 @@ def epoch_batches(
     if group_by_length:
         pool = batch_size * group_size * world_size
         order = np.concatenate(
-            [chunk[np.argsort(lengths[chunk], kind="stable")] for chunk in np.split(order, range(pool, len(order), pool))]
+            [
+                chunk[np.argsort(lengths[chunk], kind="stable")]
+                for chunk in np.split(order, range(pool, len(order), pool))
+            ]
         )
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if group_by_length:

@@ -5,17 +5,18 @@
 Writes metrics.json (the task's metrics), predictions.jsonl (one line per input row) and the
 task's plots (confusion_matrix.png, pr_curves.png, ...).
 """
+
 import hashlib
 import json
 import logging
 
 from omegaconf import OmegaConf
 
-from recipes.runtime import Runtime, autocast_dtype
 from recipes import data, storage, tasks
 from recipes.checkpoint import RunDir
 from recipes.errors import RecipeError
 from recipes.model import attn_implementation, model_dir_of
+from recipes.runtime import Runtime, autocast_dtype
 
 log = logging.getLogger("text_recipes")
 
@@ -34,9 +35,13 @@ def check_output_dir(run: RunDir, overwrite: bool) -> None:
     names = [n for n in run.entries() if not n.startswith(".")]  # temp files of an interrupted evaluation
     foreign = sorted(n for n in names if n not in OUTPUTS and not n.endswith(".png"))
     if foreign:
-        raise RecipeError(f"output_dir {run.url}: holds other files ({', '.join(foreign[:3])}); use a new or empty directory")
+        raise RecipeError(
+            f"output_dir {run.url}: holds other files ({', '.join(foreign[:3])}); use a new or empty directory"
+        )
     if "metrics.json" in names and not overwrite:
-        raise RecipeError(f"output_dir {run.url}: holds an earlier evaluation; pass overwrite=true to replace it, or another output_dir")
+        raise RecipeError(
+            f"output_dir {run.url}: holds an earlier evaluation; pass overwrite=true to replace it, or another output_dir"
+        )
 
 
 def evaluate(cfg, rt: Runtime) -> dict:
@@ -49,11 +54,18 @@ def evaluate(cfg, rt: Runtime) -> dict:
     model.to(rt.device)
     tables = data.load_splits(cfg.data, task, needed=(cfg.split,))
     if cfg.split not in tables:
-        raise RecipeError(f"data.{cfg.split}: no {cfg.split} split in data={cfg.data.name} (give data.{cfg.split}=path, or set data.split to carve it out of train)")
+        raise RecipeError(
+            f"data.{cfg.split}: no {cfg.split} split in data={cfg.data.name} (give data.{cfg.split}=path, or set data.split to carve it out of train)"
+        )
     table = tables[cfg.split]
     encoded = task.encode(table, tokenizer, tokenizer.model_max_length)
     predictions = task.predict(model, encoded, rt, cfg.batch_size, dtype, tokenizer)
-    result = {"checkpoint": model_dir, "data": table.source, "examples": len(table.rows), **task.score(predictions, encoded)}
+    result = {
+        "checkpoint": model_dir,
+        "data": table.source,
+        "examples": len(table.rows),
+        **task.score(predictions, encoded),
+    }
     if not rt.is_main:
         return result
     run.create()

@@ -7,6 +7,7 @@ Ray Data pipeline streams the input through read tasks and predictor actors (inf
 each input block committed as one output shard. A rerun of the same command after a crash or
 kill -9 predicts only the blocks not yet committed.
 """
+
 import contextlib
 import hashlib
 import logging
@@ -101,7 +102,9 @@ def ray_session():
     # would all go to one actor; a repartition would need a whole CPU per task, which 2-core nodes lack beside the actors
     ctx.target_max_block_size = 1
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)  # "token authentication is enabled"
-    for handler in logging.getLogger("ray.data").handlers:  # errors end as one line (--verbose: traceback); Ray Data's log file keeps all
+    for handler in logging.getLogger(
+        "ray.data"
+    ).handlers:  # errors end as one line (--verbose: traceback); Ray Data's log file keeps all
         if isinstance(handler, logging.StreamHandler):
             handler.setLevel(logging.CRITICAL)
     # an input with fewer files than actors still feeds them all: each file yields many blocks
@@ -142,13 +145,17 @@ def _pool_size(cfg) -> int:
     else:
         actors = max(1, int(cpus // cfg.threads_per_actor))
     if actors < 1 or actors * cfg.gpus_per_actor > gpus:
-        raise RecipeError(f"gpus_per_actor={cfg.gpus_per_actor:g}: {actors or 1} actor(s) need {max(actors, 1) * cfg.gpus_per_actor:g} GPUs; "
-                          f"the Ray cluster has {gpus:g}")
+        raise RecipeError(
+            f"gpus_per_actor={cfg.gpus_per_actor:g}: {actors or 1} actor(s) need {max(actors, 1) * cfg.gpus_per_actor:g} GPUs; "
+            f"the Ray cluster has {gpus:g}"
+        )
     from recipes.infer_pipeline import READ_CPUS
 
     if actors * cfg.cpus_per_actor + READ_CPUS > cpus:
-        raise RecipeError(f"actors={actors} x cpus_per_actor={cfg.cpus_per_actor:g} leaves no CPU for the read tasks on a Ray cluster "
-                          f"of {cpus:g} CPUs (they need {READ_CPUS}); lower actors or cpus_per_actor")
+        raise RecipeError(
+            f"actors={actors} x cpus_per_actor={cfg.cpus_per_actor:g} leaves no CPU for the read tasks on a Ray cluster "
+            f"of {cpus:g} CPUs (they need {READ_CPUS}); lower actors or cpus_per_actor"
+        )
     return actors
 
 
@@ -177,14 +184,22 @@ def _unwrap(e: BaseException) -> BaseException:
 def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers) -> None:
     import ray
 
-    from recipes.infer_pipeline import READ_CPUS, BlockSource, PredictSpec, Predictor, ReadSpec
+    from recipes.infer_pipeline import READ_CPUS, BlockSource, Predictor, PredictSpec, ReadSpec
     from recipes.infer_predict import default_batch_size
 
     actors = _pool_size(cfg)
     read_spec = ReadSpec(columns, cfg.block_rows, max_length, cfg.strict, task, ray.put(tokenizer))
     predict_spec = PredictSpec(
-        cfg.model_dir, local_model, cfg.precision, cfg.gpus_per_actor > 0, cfg.threads_per_actor,
-        cfg.batch_size or default_batch_size(cfg.precision, cfg.gpus_per_actor > 0), task, columns.id or "id", cfg.output, cfg.output_format,
+        cfg.model_dir,
+        local_model,
+        cfg.precision,
+        cfg.gpus_per_actor > 0,
+        cfg.threads_per_actor,
+        cfg.batch_size or default_batch_size(cfg.precision, cfg.gpus_per_actor > 0),
+        task,
+        columns.id or "id",
+        cfg.output,
+        cfg.output_format,
     )
     ds = ray.data.read_datasource(
         BlockSource(files, read_spec, _skip(markers)),
@@ -193,23 +208,38 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
         scheduling_strategy="SPREAD",  # read where the CPUs are; also keeps reads out of the actors (no operator fusion)
     )
     ds = ds.map_batches(
-        Predictor, fn_constructor_kwargs={"spec": predict_spec}, batch_size=1, batch_format="pyarrow",
+        Predictor,
+        fn_constructor_kwargs={"spec": predict_spec},
+        batch_size=1,
+        batch_format="pyarrow",
         # one block in flight per actor: a block waits for an idle actor instead of queueing behind a busy one
-        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1), num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+        num_cpus=cfg.cpus_per_actor,
+        num_gpus=cfg.gpus_per_actor or None,
     )
     total = sum(f.size for f in files)
     done_bytes = sum(m["bytes"] for m in markers.values())
     rows = 0
     start = time.perf_counter()
     log.info("%d input file(s), %d block(s) committed before; %d predictor actor(s)", len(files), len(markers), actors)
-    with tqdm(total=total, initial=done_bytes, unit="B", unit_scale=True, desc="infer", file=sys.stderr, mininterval=0.5,
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]") as bar:
+    with tqdm(
+        total=total,
+        initial=done_bytes,
+        unit="B",
+        unit_scale=True,
+        desc="infer",
+        file=sys.stderr,
+        mininterval=0.5,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+    ) as bar:
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 for summary in batch.to_pylist():
                     rows += summary["rows"]
                     bar.update(summary["bytes"])
-                    bar.set_postfix_str(f"{rows} rows, {rows / (time.perf_counter() - start):.1f} rows/s", refresh=False)
+                    bar.set_postfix_str(
+                        f"{rows} rows, {rows / (time.perf_counter() - start):.1f} rows/s", refresh=False
+                    )
         except Exception as e:  # a bad row in strict mode, a missing file: the one line, not Ray's wrapping
             cause = _unwrap(e)
             if isinstance(cause, RecipeError):  # Ray Data appends advice on retries to the message
@@ -234,7 +264,9 @@ def infer(cfg) -> dict:
     out = OutputDir(cfg.output)
     finished = prepare(out, job, cfg.overwrite)
     if finished is not None:
-        print(f"output: {cfg.output} (complete already: {finished['predicted']} rows predicted, {finished['skipped']} skipped)")
+        print(
+            f"output: {cfg.output} (complete already: {finished['predicted']} rows predicted, {finished['skipped']} skipped)"
+        )
         return finished
     markers = committed(out)
     with ray_session():
@@ -246,14 +278,24 @@ def infer(cfg) -> dict:
     this_run = [m for name, m in after.items() if name not in markers]
     skipped = counts["rows"] - counts["predicted"]
     manifest = {
-        "model_dir": cfg.model_dir, "input": cfg.input, "files": len(files), **counts, "skipped": skipped,
-        "output_format": cfg.output_format, "seconds": round(time.time() - start, 1),
-        "pipeline_seconds": round(pipeline_seconds, 1),  # this run's Ray pipeline: actors' model loading, reading, predicting
+        "model_dir": cfg.model_dir,
+        "input": cfg.input,
+        "files": len(files),
+        **counts,
+        "skipped": skipped,
+        "output_format": cfg.output_format,
+        "seconds": round(time.time() - start, 1),
+        "pipeline_seconds": round(
+            pipeline_seconds, 1
+        ),  # this run's Ray pipeline: actors' model loading, reading, predicting
     }
     if this_run:  # from the first block an actor began to the last one committed: the rate once models are loaded
         manifest["predict_seconds"] = round(max(m["ended"] for m in this_run) - min(m["started"] for m in this_run), 1)
         manifest["actors_used"] = len({m["actor"] for m in this_run})
     finish(out, manifest)
     bad = ", ".join(f"{reason} {n}" for reason, n in counts["bad_rows"].items())
-    print(f"output: {cfg.output}\nrows:   {counts['predicted']} predicted, {skipped} skipped" + (f" (bad rows: {bad}; see _errors.jsonl)" if bad else ""))
+    print(
+        f"output: {cfg.output}\nrows:   {counts['predicted']} predicted, {skipped} skipped"
+        + (f" (bad rows: {bad}; see _errors.jsonl)" if bad else "")
+    )
     return manifest

@@ -5,6 +5,7 @@ records, Parquet rows), so a block is the same on every run with the same input.
 unit of work and of output: one output shard each, which is what lets a rerun skip committed blocks.
 Bad rows stay in their block with the reason, so they are reported exactly once too.
 """
+
 import csv
 import json
 import os
@@ -73,7 +74,9 @@ def list_files(spec: str, fmt: Optional[str], columns: Columns) -> List[InputFil
     try:
         fs, path = storage.filesystem(spec)
     except (ImportError, ValueError) as e:
-        raise RecipeError(f"input={spec}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/dir") from None
+        raise RecipeError(
+            f"input={spec}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/dir"
+        ) from None
     try:
         if _is_glob(path):
             found = {p: info for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"}
@@ -82,7 +85,9 @@ def list_files(spec: str, fmt: Optional[str], columns: Columns) -> List[InputFil
         elif fs.isdir(path):
             found = {p: info for p, info in fs.find(path, detail=True).items() if _known(p, fmt)}
             if not found:
-                raise RecipeError(f"input={spec}: no .jsonl, .csv, .tsv or .parquet files in this directory (set format=... for other names)")
+                raise RecipeError(
+                    f"input={spec}: no .jsonl, .csv, .tsv or .parquet files in this directory (set format=... for other names)"
+                )
         elif fs.isfile(path):
             found = {path: fs.info(path)}
         else:
@@ -94,12 +99,16 @@ def list_files(spec: str, fmt: Optional[str], columns: Columns) -> List[InputFil
     files = []
     for index, p in enumerate(paths):
         url = p if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(p)
-        name = p[len(top):].lstrip("/") if top else p
+        name = p[len(top) :].lstrip("/") if top else p
         found_fmt = data_format(fmt, p)
         if found_fmt is None:
-            raise RecipeError(f"{url}: unknown file format; expected .jsonl, .csv, .tsv or .parquet (optionally .gz, .bz2, .xz), or set format=...")
+            raise RecipeError(
+                f"{url}: unknown file format; expected .jsonl, .csv, .tsv or .parquet (optionally .gz, .bz2, .xz), or set format=..."
+            )
         if found_fmt == "parquet" and infer_compression(p):
-            raise RecipeError(f"{url}: compressed Parquet files cannot be streamed; decompress it (Parquet compresses its pages itself)")
+            raise RecipeError(
+                f"{url}: compressed Parquet files cannot be streamed; decompress it (Parquet compresses its pages itself)"
+            )
         present = peek_columns(url, found_fmt, columns)
         id_column = _check_columns(url, present, columns)
         files.append(InputFile(index, url, name, found_fmt, int(found[p].get("size") or 0), id_column))
@@ -134,7 +143,9 @@ def peek_columns(url: str, fmt: str, columns: Columns) -> List[str]:
                 except (pa.ArrowException, OSError) as e:
                     raise RecipeError(f"{url}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
                 for col in (columns.text, columns.pair):
-                    if col in schema.names and not (pa.types.is_string(schema.field(col).type) or pa.types.is_large_string(schema.field(col).type)):
+                    if col in schema.names and not (
+                        pa.types.is_string(schema.field(col).type) or pa.types.is_large_string(schema.field(col).type)
+                    ):
                         raise RecipeError(f"{url}: column {col!r} holds {schema.field(col).type}, expected strings")
                 return schema.names
             if fmt == "jsonl":
@@ -147,7 +158,9 @@ def peek_columns(url: str, fmt: str, columns: Columns) -> List[str]:
                         continue
                     if isinstance(row, dict):
                         return list(row)
-                raise RecipeError(f"{url}: no JSON object in its first {PEEK_LINES} lines; is it JSON lines (one object per line)?")
+                raise RecipeError(
+                    f"{url}: no JSON object in its first {PEEK_LINES} lines; is it JSON lines (one object per line)?"
+                )
             if columns.names is not None:
                 return list(columns.names)
             header = next(csv.reader(_text_lines(stream), delimiter=_SEP[fmt], quoting=_QUOTING[fmt]), None)
@@ -155,7 +168,9 @@ def peek_columns(url: str, fmt: str, columns: Columns) -> List[str]:
                 return []
             return header
     except (OSError, EOFError) as e:
-        raise RecipeError(f"{url}: cannot read ({str(e) or type(e).__name__}); is it really what its extension says?") from None
+        raise RecipeError(
+            f"{url}: cannot read ({str(e) or type(e).__name__}); is it really what its extension says?"
+        ) from None
 
 
 _SEP = {"csv": ",", "tsv": "\t"}
@@ -259,7 +274,11 @@ class BlockReader:
             try:
                 record = json.loads(text)
             except ValueError as e:
-                yield n, None, ("invalid_json", f"invalid JSON ({getattr(e, 'msg', e)}: column {getattr(e, 'colno', '?')})")
+                yield (
+                    n,
+                    None,
+                    ("invalid_json", f"invalid JSON ({getattr(e, 'msg', e)}: column {getattr(e, 'colno', '?')})"),
+                )
                 continue
             if not isinstance(record, dict):
                 yield n, None, ("not_an_object", f"expected a JSON object, got {type(record).__name__}")

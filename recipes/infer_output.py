@@ -11,6 +11,7 @@ object appears only once uploaded), then its marker in _done/ is written. A reru
 with a marker and rewrites any other, so every input row ends up in exactly one shard. Names
 starting with "_" or "." are skipped by Parquet dataset readers (pyarrow, pandas, Spark).
 """
+
 import json
 import os
 import tempfile
@@ -76,7 +77,9 @@ class OutputDir:
     def entries(self, sub: str = "") -> List[str]:
         """File and directory names in the output directory (or its subdirectory `sub`); [] if missing."""
         where = self.path(sub) if sub else self.root
-        if not self.is_local:  # other processes (the actors, a killed run) add files: never a listing gcsfs cached earlier
+        if (
+            not self.is_local
+        ):  # other processes (the actors, a killed run) add files: never a listing gcsfs cached earlier
             self.fs.invalidate_cache(where)
         if self.fs.isfile(where):
             raise RecipeError(f"output={self.url}: is a file; expected a directory")
@@ -141,7 +144,9 @@ def committed(out: OutputDir) -> Dict[str, dict]:
     return {name[: -len(".json")]: json.loads(data) for name, data in out.read_all(DONE).items()}
 
 
-def commit_shard(out: OutputDir, name: str, write_shard: Callable[[str], None], suffix: str, errors: List[dict], summary: dict) -> None:
+def commit_shard(
+    out: OutputDir, name: str, write_shard: Callable[[str], None], suffix: str, errors: List[dict], summary: dict
+) -> None:
     """Shard, then its bad rows, then the marker that says both are complete."""
     out.write(f"{name}.{suffix}", write_shard)
     if errors:

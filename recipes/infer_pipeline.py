@@ -8,6 +8,7 @@ A block travels as ONE row holding the whole encoded block (an Arrow IPC buffer)
 splits and merges blocks of rows as it sees fit; a row it never splits, so an actor always
 gets a whole input block and can commit it as one shard.
 """
+
 import functools
 import json
 import os
@@ -85,7 +86,10 @@ def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) ->
     enc = spec.task.encode_block(tokenizer, [block.texts[i] for i in good], pairs, spec.max_length)
     for j, i in enumerate(good):
         if enc.truncated[j]:
-            reasons[i], details[i] = TRUNCATED, f"longer than max_length={spec.max_length} tokens: predicted from the first {spec.max_length}"
+            reasons[i], details[i] = (
+                TRUNCATED,
+                f"longer than max_length={spec.max_length} tokens: predicted from the first {spec.max_length}",
+            )
     if spec.strict:
         for line, detail in zip(block.lines, details):
             if detail is not None:
@@ -108,13 +112,15 @@ def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) ->
 def read_units(file: InputFile, spec: ReadSpec, skip: FrozenSet[int]) -> Iterator[pa.Table]:
     tokenizer = _fetch(spec.tokenizer)
     for block in BlockReader(file, spec.columns, spec.block_rows).blocks(skip):
-        yield pa.table({
-            "shard": [shard_name(file.index, block.index)],
-            "file": [file.url],
-            "rows": [len(block)],
-            "bytes": [block.bytes],
-            "data": pa.array([_pack(encode_block(block, file, spec, tokenizer))], pa.binary()),
-        })
+        yield pa.table(
+            {
+                "shard": [shard_name(file.index, block.index)],
+                "file": [file.url],
+                "rows": [len(block)],
+                "bytes": [block.bytes],
+                "data": pa.array([_pack(encode_block(block, file, spec, tokenizer))], pa.binary()),
+            }
+        )
 
 
 class BlockSource(Datasource):
@@ -153,13 +159,22 @@ class Predictor:
         model_dir = spec.local_model_dir if os.path.isdir(spec.local_model_dir) else self._download(spec.model_dir)
         model, self.precision, dtype = load_for_inference(model_dir, spec.precision, device)
         pad = model.config.pad_token_id
-        self.runner = Runner(model, AutoTokenizer.from_pretrained(model_dir), device, dtype, spec.batch_size, 0 if pad is None else int(pad))
+        self.runner = Runner(
+            model,
+            AutoTokenizer.from_pretrained(model_dir),
+            device,
+            dtype,
+            spec.batch_size,
+            0 if pad is None else int(pad),
+        )
         self.out = OutputDir(spec.output)
 
     @staticmethod
     def _download(model_dir: str) -> str:
         if not storage.is_remote(model_dir):
-            raise RecipeError(f"model_dir={model_dir}: not found on node {socket.gethostname()}; use a shared filesystem or a gs:// URL")
+            raise RecipeError(
+                f"model_dir={model_dir}: not found on node {socket.gethostname()}; use a shared filesystem or a gs:// URL"
+            )
         local = Path(tempfile.mkdtemp(prefix="text-recipes-model-"))  # private: actors on one node do not race
         storage.download(model_dir.rstrip("/") + "/", local)
         return str(local)
@@ -173,13 +188,23 @@ class Predictor:
         table = _unpack(unit["data"])
         good = table.filter(pc.invert(table.column("skipped")))
         predictions = pa.table({spec.id_name: good.column("id"), **spec.task.predict_block(self.runner, good)})
-        reported = table.filter(pc.is_valid(table.column("reason"))).select(["line", "id", "reason", "detail"]).to_pylist()
+        reported = (
+            table.filter(pc.is_valid(table.column("reason"))).select(["line", "id", "reason", "detail"]).to_pylist()
+        )
         errors = [{"file": unit["file"], **e} for e in reported]
         bad: Dict[str, int] = {}
         for e in errors:
             bad[e["reason"]] = bad.get(e["reason"], 0) + 1
-        summary = {"rows": unit["rows"], "predicted": good.num_rows, "bad": bad, "bytes": unit["bytes"], "precision": self.precision,
-                   "started": started, "ended": time.time(), "actor": f"{socket.gethostname()}:{os.getpid()}"}
+        summary = {
+            "rows": unit["rows"],
+            "predicted": good.num_rows,
+            "bad": bad,
+            "bytes": unit["bytes"],
+            "precision": self.precision,
+            "started": started,
+            "ended": time.time(),
+            "actor": f"{socket.gethostname()}:{os.getpid()}",
+        }
         commit_shard(self.out, unit["shard"], self._writer(predictions), spec.output_format, errors, summary)
         return {"shard": unit["shard"], **summary, "bad": json.dumps(bad)}
 

@@ -1,4 +1,5 @@
 """A trained model ready for inference at a given precision, and its forward passes over length-sorted batches."""
+
 import ctypes
 import ctypes.util
 import warnings
@@ -8,10 +9,10 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from recipes.runtime import autocast_dtype
-from recipes.errors import RecipeError
 from recipes import tasks
+from recipes.errors import RecipeError
 from recipes.model import attn_implementation
+from recipes.runtime import autocast_dtype
 
 
 def resolve_precision(precision: str, device: torch.device) -> Tuple[str, torch.dtype]:
@@ -55,7 +56,9 @@ def load_for_inference(model_dir: str, precision: str, device: torch.device):
     model.eval().to(device)
     if name == "int8":
         _keep_freed_memory()
-        with warnings.catch_warnings():  # torch deprecates quantized tensors in favour of torchao; still the fastest here
+        with (
+            warnings.catch_warnings()
+        ):  # torch deprecates quantized tensors in favour of torchao; still the fastest here
             warnings.simplefilter("ignore")
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
@@ -69,8 +72,9 @@ def _pad(seqs: Sequence[np.ndarray], width: int, value: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _batches(input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]], batch_size: int,
-             pad_id: int) -> Iterator[Tuple[np.ndarray, dict]]:
+def _batches(
+    input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]], batch_size: int, pad_id: int
+) -> Iterator[Tuple[np.ndarray, dict]]:
     """(row indices, padded CPU batch), cut from the rows sorted by length so that batches pad little."""
     lengths = np.array([len(x) for x in input_ids], dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
@@ -87,8 +91,13 @@ def _batches(input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[
 
 
 def predict_logits(
-    model, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]],
-    batch_size: int, pad_id: int, device: torch.device, dtype: torch.dtype,
+    model,
+    input_ids: Sequence[np.ndarray],
+    token_type_ids: Optional[Sequence[np.ndarray]],
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> np.ndarray:
     """A sequence classifier's logits, in input order."""
     return Runner(model, None, device, dtype, batch_size, pad_id).logits(input_ids, token_type_ids)
@@ -112,7 +121,9 @@ class Runner:
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     yield idx, fn({k: v.to(self.device) for k, v in batch.items()})
 
-    def logits(self, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]] = None) -> np.ndarray:
+    def logits(
+        self, input_ids: Sequence[np.ndarray], token_type_ids: Optional[Sequence[np.ndarray]] = None
+    ) -> np.ndarray:
         """Per row: a sequence classifier's logits."""
         out = np.empty((len(input_ids), self.model.config.num_labels), dtype=np.float32)
         for idx, logits in self._run(input_ids, token_type_ids, lambda batch: self.model(**batch).logits):

@@ -4,6 +4,7 @@ The submit side (components, `torchx run --dryrun`) imports the task modules for
 OPTIONS alone; the task modules reach torch, transformers and the rest through `lazy`, so that costs
 nothing there.
 """
+
 import importlib
 
 

@@ -1,4 +1,5 @@
 """Loading pretrained and trained models in Hugging Face format (from_pretrained-compatible), and dropout on CPU."""
+
 import os
 from contextlib import contextmanager
 from typing import Optional
@@ -10,6 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from recipes import storage
 from recipes.errors import RecipeError
+
 
 def attn_implementation(requested: Optional[str], device: torch.device, dtype: torch.dtype) -> str:
     # PyTorch's CPU SDPA backward is ~20x slower in bf16 than the eager matmul path
@@ -39,19 +41,30 @@ def from_pretrained(cls, name_or_path: str, **kwargs):
 
 def model_dir_of(path: str) -> str:
     """A trained model directory: `path` itself, or `path`/model when `path` is the run directory."""
-    if not storage.exists(storage.join(path, "config.json")) and storage.exists(storage.join(path, "model", "config.json")):
+    if not storage.exists(storage.join(path, "config.json")) and storage.exists(
+        storage.join(path, "model", "config.json")
+    ):
         return storage.join(path, "model")
     return path
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
 
 
 def load_tokenizer(name_or_path: str, max_length: Optional[int] = None):
     path = os.path.expanduser(name_or_path)
     # without its files AutoTokenizer builds an empty vocabulary and every text becomes [UNK]s
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
-        raise RecipeError(f"model {name_or_path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the tokenizer with the model")
+        raise RecipeError(
+            f"model {name_or_path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the tokenizer with the model"
+        )
     tokenizer = from_pretrained(AutoTokenizer, name_or_path)
     if max_length:
         config = from_pretrained(AutoConfig, name_or_path)
@@ -59,7 +72,9 @@ def load_tokenizer(name_or_path: str, max_length: Optional[int] = None):
         limit = getattr(config, "max_position_embeddings", None)
         limit = limit - 2 if limit and "roberta" in config.model_type else limit
         if limit and max_length > limit:
-            raise RecipeError(f"model.max_length={max_length}: {name_or_path} has {limit} positions; expected at most {limit}")
+            raise RecipeError(
+                f"model.max_length={max_length}: {name_or_path} has {limit} positions; expected at most {limit}"
+            )
         tokenizer.model_max_length = max_length  # saved with the model, so evaluation truncates the same way
     return tokenizer
 

@@ -1,4 +1,5 @@
 """The PNG plots people look at: matplotlib without a display."""
+
 import matplotlib
 
 matplotlib.use("Agg")

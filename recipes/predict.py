@@ -1,4 +1,5 @@
 """Running a model over an encoded split: length-sorted batches, the work shared across ranks."""
+
 from typing import Callable, Dict, List
 
 import numpy as np
@@ -9,8 +10,14 @@ from recipes import data
 from recipes.runtime import Runtime
 
 
-def over_batches(model, encoded: data.Encoded, rt: Runtime, batch_size: int, pad_id: int,
-                 fn: Callable[[Dict[str, torch.Tensor]], List]) -> List:
+def over_batches(
+    model,
+    encoded: data.Encoded,
+    rt: Runtime,
+    batch_size: int,
+    pad_id: int,
+    fn: Callable[[Dict[str, torch.Tensor]], List],
+) -> List:
     """fn(batch on the device) -> one result per example of the batch; returns every example's, in input order, on every rank."""
     # XLA's lazy tensors cannot be inference tensors: training would meet them again after evaluation
     with torch.no_grad() if rt.xla else torch.inference_mode():

@@ -1,4 +1,5 @@
 """Process-group bootstrap: the same recipe runs as 1 process or N torchrun workers."""
+
 import functools
 import os
 import signal
@@ -75,13 +76,17 @@ def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
         from recipes import xla
 
         if not xla.available():
-            raise RecipeError(f"{key}=tpu: torch_xla is not installed (it needs torch 2.9: pip install '.[tpu]' in its own environment)")
+            raise RecipeError(
+                f"{key}=tpu: torch_xla is not installed (it needs torch 2.9: pip install '.[tpu]' in its own environment)"
+            )
         if world_size > 1:
             xla.init_process_group()
         rank, world_size = xla.rank_world()
         return Runtime(xla.device(), rank, local_rank, world_size)
     if device == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"{key}=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); use device=auto or cpu")
+        raise RecipeError(
+            f"{key}=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); use device=auto or cpu"
+        )
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)

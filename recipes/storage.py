@@ -21,6 +21,7 @@ process (ours, and fsspec.open/url_to_fs anywhere else):
   while the answer is unknown (no storage.objects.list permission, gRPC blocked), each time with
   a warning and up to 60 s of retries.
 """
+
 import contextlib
 import fcntl
 import hashlib
@@ -49,8 +50,10 @@ except ImportError:  # no [gcs] extra: gs:// fails earlier, on importing gcsfs
 CACHE = Path(os.environ.get("TEXT_RECIPES_CACHE", Path.home() / ".cache" / "text-recipes"))
 
 GCS_EXTRA = "gcsfs is needed for gs:// URLs (pip install -e '.[gcs]')"
-NO_CREDENTIALS = ("no Google Cloud credentials (Application Default Credentials): use Workload Identity on GKE, "
-                  "set GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default login`")
+NO_CREDENTIALS = (
+    "no Google Cloud credentials (Application Default Credentials): use Workload Identity on GKE, "
+    "set GOOGLE_APPLICATION_CREDENTIALS, or run `gcloud auth application-default login`"
+)
 
 
 def gcs_emulator() -> str:
@@ -63,7 +66,9 @@ def _gcs_filesystem_class():
     """gcsfs's default filesystem, asking each bucket's layout once per filesystem (fsspec keeps one per process)."""
     import gcsfs
 
-    base = gcsfs.GCSFileSystem  # ExtendedGcsFileSystem (zonal/HNS buckets) unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
+    base = (
+        gcsfs.GCSFileSystem
+    )  # ExtendedGcsFileSystem (zonal/HNS buckets) unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
     if not hasattr(base, "_get_bucket_type"):
         return type("GCSFileSystem", (base,), {"__module__": __name__})
 
@@ -74,7 +79,11 @@ def _gcs_filesystem_class():
         getattr(self, "_storage_layout_cache", {}).setdefault(bucket, kind)
         return kind
 
-    return type("GCSFileSystem", (base,), {"__module__": __name__, "__doc__": base.__doc__, "_get_bucket_type": _get_bucket_type})
+    return type(
+        "GCSFileSystem",
+        (base,),
+        {"__module__": __name__, "__doc__": base.__doc__, "_get_bucket_type": _get_bucket_type},
+    )
 
 
 def __getattr__(name: str):
@@ -132,7 +141,9 @@ def check_url(url: str, key: str) -> None:
     except ImportError as e:
         if str(e) == GCS_EXTRA:
             raise RecipeError(f"{key}={url}: {e}") from None
-        raise RecipeError(f"{key}={url}: needs {e.name or 'another package'} (pip install -e '.[gcs]' for gs://)") from None
+        raise RecipeError(
+            f"{key}={url}: needs {e.name or 'another package'} (pip install -e '.[gcs]' for gs://)"
+        ) from None
     except DefaultCredentialsError:
         raise RecipeError(f"{key}={url}: {NO_CREDENTIALS}") from None
 
@@ -158,13 +169,19 @@ def reading(source: str) -> Iterator[None]:
     except ImportError as e:
         if str(e) == GCS_EXTRA:
             raise RecipeError(f"{source}: {e}") from None
-        raise RecipeError(f"{source}: {e.name or 'a package'} is needed to read it (pip install -e '.[gcs]' for gs://)") from None
+        raise RecipeError(
+            f"{source}: {e.name or 'a package'} is needed to read it (pip install -e '.[gcs]' for gs://)"
+        ) from None
     except DefaultCredentialsError:
         raise RecipeError(f"{source}: {NO_CREDENTIALS}") from None
     except ValueError as e:  # fsspec: "Protocol not known: foo"
-        raise RecipeError(f"{source}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/file") from None
+        raise RecipeError(
+            f"{source}: cannot open ({e}); use a local path or an fsspec URL such as gs://bucket/file"
+        ) from None
     except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:  # not gzip/xz/..., truncated archive
-        raise RecipeError(f"{source}: cannot read ({str(e) or type(e).__name__}); is it really what its extension says?") from None
+        raise RecipeError(
+            f"{source}: cannot read ({str(e) or type(e).__name__}); is it really what its extension says?"
+        ) from None
 
 
 def read_bytes(path: str) -> bytes:
@@ -216,7 +233,7 @@ def _remote_versions(url: str) -> Optional[Dict[str, list]]:
         version = next((str(info[k]) for k in VERSION_FIELDS if info.get(k)), None)
         if version is None:
             return None
-        versions[path[len(root):].lstrip("/")] = [info.get("size"), version]
+        versions[path[len(root) :].lstrip("/")] = [info.get("size"), version]
     return versions or None
 
 

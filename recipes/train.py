@@ -6,6 +6,7 @@ Outputs (cfg.output_dir): model/ (best by cfg.task.metric, from_pretrained-loada
 checkpoints/, metrics.json, config.yaml, training_curve.png, tb/ (TensorBoard).
 Relaunching with the same output_dir resumes from the newest complete checkpoint.
 """
+
 import json
 import logging
 import math
@@ -24,11 +25,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
-from recipes.runtime import Runtime, StopSignals, autocast_dtype
 from recipes import checkpoint, data, plots, tasks, xla
-from recipes.storage import replace_dir
 from recipes.errors import Preempted, RecipeError
 from recipes.model import attn_implementation, load_tokenizer, set_dropout, use_cpu_dropout
+from recipes.runtime import Runtime, StopSignals, autocast_dtype
+from recipes.storage import replace_dir
 
 log = logging.getLogger("text_recipes")
 
@@ -90,7 +91,13 @@ def plot_training_curve(history: list, metric: str, path: str) -> None:
     ax.set_ylabel("loss")
     if evals and metric != "loss":
         ax2 = ax.twinx()
-        ax2.plot([h["step"] for h in evals], [h[f"eval_{metric}"] for h in evals], "s-", color="tab:green", label=f"validation {metric}")
+        ax2.plot(
+            [h["step"] for h in evals],
+            [h[f"eval_{metric}"] for h in evals],
+            "s-",
+            color="tab:green",
+            label=f"validation {metric}",
+        )
         ax2.set_ylabel(metric)
         ax2.legend(loc="center right")
     ax.legend(loc="upper right")
@@ -101,8 +108,12 @@ def plot_training_curve(history: list, metric: str, path: str) -> None:
 def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Runtime, result=None) -> None:
     """Write model/ (weights, config with the task, its config, label maps and settings, the input columns; tokenizer) atomically."""
     # evaluation and batch inference read the task, its settings and the same columns by default
-    model.config.text_recipes = {"task": task.name, "task_config": OmegaConf.to_container(task.cfg, resolve=True),
-                                 "text_column": data_cfg.text_column, "text_pair_column": data_cfg.text_pair_column}
+    model.config.text_recipes = {
+        "task": task.name,
+        "task_config": OmegaConf.to_container(task.cfg, resolve=True),
+        "text_column": data_cfg.text_column,
+        "text_pair_column": data_cfg.text_pair_column,
+    }
     if result is not None:
         task.save(model.config, result)
     tmp = run.path("model.tmp")
@@ -134,7 +145,9 @@ class Recipe:
         task.fit(tables["train"])
         self.labels = task.vocabulary
         self.train_data = task.encode(tables["train"], self.tokenizer, cfg.model.max_length)
-        self.val_data = task.encode(tables["validation"], self.tokenizer, cfg.model.max_length) if "validation" in tables else None
+        self.val_data = (
+            task.encode(tables["validation"], self.tokenizer, cfg.model.max_length) if "validation" in tables else None
+        )
         self.train_source = tables["train"].source
 
     def _setup_model(self) -> None:
@@ -147,36 +160,63 @@ class Recipe:
         if rt.device.type == "cpu":
             use_cpu_dropout(self.model)
         self.optimizer = make_optimizer(self.model, cfg.optim)
-        batches = len(data.epoch_batches(self.train_data.lengths, tc.batch_size, tc.seed, 0, False, 1, rt.rank, rt.world_size))
+        batches = len(
+            data.epoch_batches(self.train_data.lengths, tc.batch_size, tc.seed, 0, False, 1, rt.rank, rt.world_size)
+        )
         self.steps_per_epoch = math.ceil(batches / tc.grad_accum_steps)
         if self.steps_per_epoch == 0:
-            raise RecipeError(f"{self.train_source}: {len(self.train_data.lengths)} examples are too few for {rt.world_size} processes")
+            raise RecipeError(
+                f"{self.train_source}: {len(self.train_data.lengths)} examples are too few for {rt.world_size} processes"
+            )
         self.total_steps = tc.max_steps if tc.max_steps > 0 else tc.epochs * self.steps_per_epoch
         try:
-            self.scheduler = get_scheduler(cfg.optim.scheduler, self.optimizer, round(cfg.optim.warmup_fraction * self.total_steps), self.total_steps)
+            self.scheduler = get_scheduler(
+                cfg.optim.scheduler,
+                self.optimizer,
+                round(cfg.optim.warmup_fraction * self.total_steps),
+                self.total_steps,
+            )
         except ValueError as e:
             raise RecipeError(f"optim.scheduler={cfg.optim.scheduler!r}: {e}") from None
         # on XLA, xla.step all-reduces the gradients instead of DDP
         use_ddp = rt.distributed and not rt.xla
-        self.ddp = DistributedDataParallel(self.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None) if use_ddp else None
-        self.autocast = torch.autocast(rt.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[rt.local_rank] if rt.device.type == "cuda" else None)
+            if use_ddp
+            else None
+        )
+        self.autocast = (
+            torch.autocast(rt.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        )
         self.eval_every = tc.eval_every or self.steps_per_epoch
         self.save_every = tc.save_every or self.steps_per_epoch
         self.train_seconds, self.samples, self.writer = 0.0, 0, None
 
     def _resume(self) -> None:
         rt, run = self.rt, self.run
-        self.state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best": None, "best_step": None, "bad_evals": 0, "history": []}
+        self.state = {
+            "step": 0,
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "best": None,
+            "best_step": None,
+            "bad_evals": 0,
+            "history": [],
+        }
         ckpt = checkpoint.load_latest(run)
         if ckpt is None:
             seed_everything(self.tc.seed + rt.rank)  # distinct dropout masks per rank
             self.finished = False
             return
         if ckpt["labels"] != self.labels:
-            raise RecipeError(f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {self.labels}; use a new output_dir")
+            raise RecipeError(
+                f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {self.labels}; use a new output_dir"
+            )
         if ckpt["world_size"] != rt.world_size:
-            raise RecipeError(f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes, this job has {rt.world_size}; "
-                              f"resume with {ckpt['world_size']} (nnodes x nproc_per_node), or start fresh with another output_dir")
+            raise RecipeError(
+                f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes, this job has {rt.world_size}; "
+                f"resume with {ckpt['world_size']} (nnodes x nproc_per_node), or start fresh with another output_dir"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -195,15 +235,29 @@ class Recipe:
         self.writer = SummaryWriter(str(self.run.path("tb")))
         log.info(
             "%d train / %s validation examples, %s labels, %d steps (%d per epoch), %s on %s x%d",
-            len(self.train_data.lengths), len(self.val_data.lengths) if self.val_data else 0, len(self.labels) if self.labels else "no",
-            self.total_steps, self.steps_per_epoch, str(self.dtype).replace("torch.", ""), self.rt.device.type, self.rt.world_size,
+            len(self.train_data.lengths),
+            len(self.val_data.lengths) if self.val_data else 0,
+            len(self.labels) if self.labels else "no",
+            self.total_steps,
+            self.steps_per_epoch,
+            str(self.dtype).replace("torch.", ""),
+            self.rt.device.type,
+            self.rt.world_size,
         )
 
     def epoch_groups(self) -> list:
         """This epoch's batches (index arrays), grad_accum_steps of them per optimizer step."""
         tc, rt = self.tc, self.rt
-        batches = data.epoch_batches(self.train_data.lengths, tc.batch_size, tc.seed, self.state["epoch"], tc.group_by_length,
-                                     tc.group_size, rt.rank, rt.world_size)
+        batches = data.epoch_batches(
+            self.train_data.lengths,
+            tc.batch_size,
+            tc.seed,
+            self.state["epoch"],
+            tc.group_by_length,
+            tc.group_size,
+            rt.rank,
+            rt.world_size,
+        )
         return [batches[i : i + tc.grad_accum_steps] for i in range(0, len(batches), tc.grad_accum_steps)]
 
     def step(self, group) -> torch.Tensor:
@@ -215,7 +269,7 @@ class Recipe:
             batch = data.collate(self.train_data, idx, self.tokenizer.pad_token_id, width)
             batch = {k: v.to(self.rt.device, non_blocking=True) for k, v in batch.items()}
             sync = self.ddp is None or i == len(group) - 1
-            with (nullcontext() if sync else self.ddp.no_sync()), self.autocast:
+            with nullcontext() if sync else self.ddp.no_sync(), self.autocast:
                 loss = self.task.loss(self.ddp or self.model, batch) / len(group)
             loss.backward()
             loss_sum += loss.detach()  # read at log steps only: reading it syncs with the device
@@ -245,7 +299,9 @@ class Recipe:
     def evaluate(self) -> bool:
         """Validate, keep the best model; returns True when early stopping says stop."""
         cfg, rt, state, step = self.cfg, self.rt, self.state, self.state["step"]
-        predictions = self.task.predict(self.model, self.val_data, rt, self.tc.eval_batch_size, self.dtype, self.tokenizer)
+        predictions = self.task.predict(
+            self.model, self.val_data, rt, self.tc.eval_batch_size, self.dtype, self.tokenizer
+        )
         result = self.task.score(predictions, self.val_data, tune=True)
         state["history"].append({"step": step, **{f"eval_{k}": v for k, v in result.items() if isinstance(v, float)}})
         improved = better(cfg.task.metric, result[cfg.task.metric], state["best"])
@@ -259,7 +315,13 @@ class Recipe:
             for k, v in result.items():
                 if isinstance(v, float):
                     self.writer.add_scalar(f"eval/{k}", v, step)
-            log.info("step %d: validation %s loss=%.4f%s", step, tasks.headline(self.task, result), result["loss"], " (best)" if improved else "")
+            log.info(
+                "step %d: validation %s loss=%.4f%s",
+                step,
+                tasks.headline(self.task, result),
+                result["loss"],
+                " (best)" if improved else "",
+            )
         self.model.train()
         return self.tc.early_stopping_patience > 0 and state["bad_evals"] >= self.tc.early_stopping_patience
 
@@ -270,24 +332,40 @@ class Recipe:
         if rt.xla:
             tensors = xla.to_cpu(tensors)
         if rt.is_main:
-            checkpoint.save(self.run, self.state["step"], {
-                **tensors, "scheduler": self.scheduler.state_dict(), "state": self.state, "rng": rngs, "labels": self.labels,
-                "world_size": rt.world_size,
-            }, self.tc.keep_checkpoints)
+            checkpoint.save(
+                self.run,
+                self.state["step"],
+                {
+                    **tensors,
+                    "scheduler": self.scheduler.state_dict(),
+                    "state": self.state,
+                    "rng": rngs,
+                    "labels": self.labels,
+                    "world_size": rt.world_size,
+                },
+                self.tc.keep_checkpoints,
+            )
         rt.barrier()
 
     def outputs(self) -> dict:
         state, run = self.state, self.run
         result = {
-            "metric": self.cfg.task.metric, "best_step": state["best_step"], "best_value": state["best"], "steps": state["step"],
+            "metric": self.cfg.task.metric,
+            "best_step": state["best_step"],
+            "best_value": state["best"],
+            "steps": state["step"],
             "early_stopped": bool(state.get("stopped")),
-            "train_samples_per_second": self.samples * self.rt.world_size / self.train_seconds if self.train_seconds else None,
+            "train_samples_per_second": self.samples * self.rt.world_size / self.train_seconds
+            if self.train_seconds
+            else None,
             "validation": state.get("best_metrics"),
         }
         if self.rt.is_main:
             if self.val_data is None:
                 save_model(self.model, self.tokenizer, self.task, run, self.cfg.data, self.rt)
-            run.write("training_curve.png", lambda path: plot_training_curve(state["history"], self.cfg.task.metric, path))
+            run.write(
+                "training_curve.png", lambda path: plot_training_curve(state["history"], self.cfg.task.metric, path)
+            )
             run.write_text("metrics.json", json.dumps(result, indent=2) + "\n")
             self.writer.close()
             run.publish("tb")
@@ -305,8 +383,14 @@ def train(cfg, rt: Runtime) -> dict:
         return json.loads(run.read_text("metrics.json"))
     recipe.start()
     signals, stop = StopSignals(), state.get("stopped", False)
-    progress = tqdm(total=recipe.total_steps, initial=state["step"], disable=not rt.is_main, desc="train", unit="step",
-                    mininterval=0.5 if sys.stderr.isatty() else 30)  # fewer lines in job logs
+    progress = tqdm(
+        total=recipe.total_steps,
+        initial=state["step"],
+        disable=not rt.is_main,
+        desc="train",
+        unit="step",
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )  # fewer lines in job logs
     with logging_redirect_tqdm():
         while state["step"] < recipe.total_steps and not stop:
             groups = recipe.epoch_groups()
@@ -314,7 +398,11 @@ def train(cfg, rt: Runtime) -> dict:
             for group in groups[state["step_in_epoch"] :]:
                 recipe.log(recipe.step(group), progress)
                 progress.update()
-                step, last, end_of_epoch = state["step"], state["step"] == recipe.total_steps, state["step_in_epoch"] == len(groups)
+                step, last, end_of_epoch = (
+                    state["step"],
+                    state["step"] == recipe.total_steps,
+                    state["step_in_epoch"] == len(groups),
+                )
                 if end_of_epoch:
                     state["epoch"], state["step_in_epoch"] = state["epoch"] + 1, 0
                 if recipe.val_data is not None and (step % recipe.eval_every == 0 or end_of_epoch or last):
@@ -326,8 +414,10 @@ def train(cfg, rt: Runtime) -> dict:
                 if preempted:
                     progress.close()
                     signals.restore()
-                    raise Preempted(f"{signals.received or 'a signal'} at step {step}: checkpoint saved in {run.url}; "
-                                    "the same command resumes from it")
+                    raise Preempted(
+                        f"{signals.received or 'a signal'} at step {step}: checkpoint saved in {run.url}; "
+                        "the same command resumes from it"
+                    )
                 if last or stop or end_of_epoch:
                     break
     progress.close()

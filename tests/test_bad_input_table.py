@@ -18,6 +18,7 @@ covers, for a few of them), and checks:
 Cases that should be accepted are separate tests at the end of the file, as is the kill -9 test of
 evaluate's outputs (written under a temporary name, then renamed).
 """
+
 import json
 import os
 import re
@@ -90,7 +91,7 @@ def others_run(path: str, before: Dict[str, object]) -> bool:
     outputs = os.path.join(str(ROOT), "outputs") + os.sep
     if not path.startswith(outputs):
         return False
-    top = path[len(outputs):].split(os.sep)[0]
+    top = path[len(outputs) :].split(os.sep)[0]
     return bool(top) and outputs + top + os.sep in before and path != outputs + top + os.sep
 
 
@@ -167,10 +168,19 @@ def complete_png(path: Path) -> bool:
 
 def tiny_train_args(model: str, data: Dict[str, str], output_dir: Path) -> List[str]:
     return [
-        "model.name=tiny", f"model.name_or_path={model}", "model.max_length=32", "data=files",
-        f"data.train={data['train']}", f"data.validation={data['validation']}", f"data.test={data['test']}",
-        "trainer.max_steps=2", "trainer.batch_size=16", "trainer.precision=fp32", "optim.warmup_fraction=0",
-        "optim.lr=5e-3", f"output_dir={output_dir}",
+        "model.name=tiny",
+        f"model.name_or_path={model}",
+        "model.max_length=32",
+        "data=files",
+        f"data.train={data['train']}",
+        f"data.validation={data['validation']}",
+        f"data.test={data['test']}",
+        "trainer.max_steps=2",
+        "trainer.batch_size=16",
+        "trainer.precision=fp32",
+        "optim.warmup_fraction=0",
+        "optim.lr=5e-3",
+        f"output_dir={output_dir}",
     ]
 
 
@@ -205,8 +215,13 @@ class Ctx:
         return override(self.train_args, *settings)
 
     def evaluate(self, *settings: str) -> List[str]:
-        base = [f"checkpoint={self.finished.model}", "data=files", f"data.train={self.finished.train}",
-                f"data.test={self.finished.test}", f"output_dir={self.tmp / 'eval'}"]
+        base = [
+            f"checkpoint={self.finished.model}",
+            "data=files",
+            f"data.train={self.finished.train}",
+            f"data.test={self.finished.test}",
+            f"output_dir={self.tmp / 'eval'}",
+        ]
         return override(base, *settings)
 
     def fmt(self, needle: Needle) -> Needle:
@@ -247,16 +262,19 @@ def train_case(id, needles, *settings, **kw):
 
 def config(setting, needle=None, *more, **kw):
     """A one-setting config case: the key itself is the needle."""
-    return train_case(f"config-{' '.join(more) + ' ' if more else ''}{setting}", [needle or key_of(setting)],
-                      *more, setting, **kw)
+    return train_case(
+        f"config-{' '.join(more) + ' ' if more else ''}{setting}", [needle or key_of(setting)], *more, setting, **kw
+    )
 
 
 def data_file(id, name, write, needles, split="train", settings=(), drop=()):
     """A case whose data.<split> is a file written by write(path)."""
+
     def build(c: Ctx):
         path = c.tmp / name
         write(path)
         return without(c.train(f"data.{split}={path}", *settings), *drop)
+
     return Case(f"data-{id}", "train", build, tuple(needles))
 
 
@@ -285,6 +303,7 @@ def model_dir(id, make, needles, settings=()):
         path = c.tmp / id
         make(c, path)
         return c.train(f"model.name_or_path={path}", *settings)
+
     return Case(f"model-{id}", "train", build, tuple(needles))
 
 
@@ -343,8 +362,14 @@ def torchx_train(id, needles, *args, **kw):
 
 
 def torchx_eval(id, needles, *args, **kw):
-    return Case(f"torchx-evaluate-{id}", "torchx", X("components/evaluate.py:evaluate", "--checkpoint", "outputs/x/model", *args),
-                tuple(needles), rc=None, **kw)
+    return Case(
+        f"torchx-evaluate-{id}",
+        "torchx",
+        X("components/evaluate.py:evaluate", "--checkpoint", "outputs/x/model", *args),
+        tuple(needles),
+        rc=None,
+        **kw,
+    )
 
 
 def _existing_file(c: Ctx, name="a_file") -> Path:
@@ -411,17 +436,28 @@ CASES: List[Case] = [
     config("data.split=[0.8,0.2]", "data.split"),
     # train and validation are files, so an explicit split must give them 0
     config("data.split=[0.7,0.15,0.15]", "data.split"),
-    Case("config-data.split=[0.5,0.2,0.1] (train only)", "train",
-         lambda c: without(c.train("data.split=[0.5,0.2,0.1]"), "data.validation", "data.test"), ("data.split",)),
+    Case(
+        "config-data.split=[0.5,0.2,0.1] (train only)",
+        "train",
+        lambda c: without(c.train("data.split=[0.5,0.2,0.1]"), "data.validation", "data.test"),
+        ("data.split",),
+    ),
     config("data.column_names=[text,text]", "data.column_names", "data.header=false"),
     config("data.text_column=''", "data.text_column"),
     config("data.label_column=text", "data.label_column"),
     config("data.text_pair_column=text", "data.text_pair_column"),
     config("data.label_delimiter=''", "data.label_delimiter"),
     Case("config-data=files without data.train", "train", lambda c: without(c.train(), "data.train"), ("data.train",)),
-    Case("config-data=hub without data.hub_id", "train",
-         lambda c: without(c.train("data=hub"), "data.train", "data.validation", "data.test"), ("data.hub_id",)),
-    config("model=banana", ("model=banana", "banana"), ),
+    Case(
+        "config-data=hub without data.hub_id",
+        "train",
+        lambda c: without(c.train("data=hub"), "data.train", "data.validation", "data.test"),
+        ("data.hub_id",),
+    ),
+    config(
+        "model=banana",
+        ("model=banana", "banana"),
+    ),
     config("output_dir=''", "output_dir"),
     # ---- unknown keys and wrong types: one line naming the key and what is allowed
     config("trainer.lernrate=1", "trainer.lernrate"),
@@ -430,76 +466,178 @@ CASES: List[Case] = [
     config("+foo=1", "foo"),
     config("+model.bar=x", "model.bar"),
     config("++trainer.foo=1", "trainer.foo"),
-    train_case("config-trainer.batch_size=abc", ["trainer.batch_size", ("int", "whole number")], "trainer.batch_size=abc"),
+    train_case(
+        "config-trainer.batch_size=abc", ["trainer.batch_size", ("int", "whole number")], "trainer.batch_size=abc"
+    ),
     train_case("config-trainer.epochs=1.5", ["trainer.epochs", ("int", "whole number")], "trainer.epochs=1.5"),
     train_case("config-optim.lr=fast", ["optim.lr", ("number", "float")], "optim.lr=fast"),
-    train_case("config-trainer.group_by_length=maybe", ["trainer.group_by_length", ("true", "bool")], "trainer.group_by_length=maybe"),
+    train_case(
+        "config-trainer.group_by_length=maybe",
+        ["trainer.group_by_length", ("true", "bool")],
+        "trainer.group_by_length=maybe",
+    ),
     Case("cli-override without =", "train", lambda c: c.train() + ["trainer.max_steps"], ("trainer.max_steps",)),
     Case("cli-unknown command", "cli", X("trian", "trainer.max_steps=1"), ("trian",)),
     Case("cli---resolve without --cfg job", "train", lambda c: c.train() + ["--resolve"], ("--resolve",)),
     # ---- data files
-    data_file("jsonl label 0.5", "half.jsonl", jsonl_rows([*numeric_rows()[:4], {"text": "hello there", "label": 0.5}, *numeric_rows()[5:]]),
-              ["half.jsonl", ROW5], drop=("data.validation", "data.test")),
-    data_file("jsonl dict label", "dictlabel.jsonl", jsonl_rows(rows(r4={"label": {"a": 1}})), ["dictlabel.jsonl", ROW5]),
-    data_file("jsonl list label single_label", "listlabel.jsonl", jsonl_rows(rows(r4={"label": ["billing", "shipping"]})),
-              ["listlabel.jsonl", ROW5]),
+    data_file(
+        "jsonl label 0.5",
+        "half.jsonl",
+        jsonl_rows([*numeric_rows()[:4], {"text": "hello there", "label": 0.5}, *numeric_rows()[5:]]),
+        ["half.jsonl", ROW5],
+        drop=("data.validation", "data.test"),
+    ),
+    data_file(
+        "jsonl dict label", "dictlabel.jsonl", jsonl_rows(rows(r4={"label": {"a": 1}})), ["dictlabel.jsonl", ROW5]
+    ),
+    data_file(
+        "jsonl list label single_label",
+        "listlabel.jsonl",
+        jsonl_rows(rows(r4={"label": ["billing", "shipping"]})),
+        ["listlabel.jsonl", ROW5],
+    ),
     data_file("jsonl null label", "nulllabel.jsonl", jsonl_rows(rows(r4={"label": None})), ["nulllabel.jsonl", ROW5]),
     data_file("jsonl empty text", "emptytext.jsonl", jsonl_rows(rows(r4={"text": ""})), ["emptytext.jsonl", ROW5]),
-    data_file("jsonl missing text key", "notext.jsonl", jsonl_rows(rows(r4='{"label": "billing"}')), ["notext.jsonl", ROW5]),
+    data_file(
+        "jsonl missing text key", "notext.jsonl", jsonl_rows(rows(r4='{"label": "billing"}')), ["notext.jsonl", ROW5]
+    ),
     data_file("jsonl scalar line", "scalar.jsonl", jsonl_rows(rows(r4="3")), ["scalar.jsonl", ROW5]),
     data_file("jsonl list line", "listline.jsonl", jsonl_rows(rows(r4="[1, 2]")), ["listline.jsonl", ROW5]),
-    data_file("jsonl invalid JSON", "broken.jsonl", jsonl_rows(rows(r4='{"text": "abc", "label": ')), ["broken.jsonl", ROW5]),
-    data_file("jsonl column_names given", "train.jsonl", jsonl_rows(rows()), ["data.column_names"],
-              settings=("data.column_names=[text,label]",)),
-    data_file("csv forced as jsonl", "really.csv", csv_rows(rows()), ["really.csv", ("line 1", "row 1")], settings=("data.format=jsonl",)),
-    data_file("header=false on a file with a header", "withheader.csv", csv_rows(rows()), ["withheader.csv", "row 1"],
-              settings=("data.header=false", "data.column_names=[text,label]")),
-    data_file("header=false without column_names", "noheader.csv", raw(CSV.split("\n", 1)[1]), ["data.column_names"],
-              settings=("data.header=false",)),
-    data_file("column_names: 3 names for 2 columns", "noheader.csv", raw(CSV.split("\n", 1)[1]),
-              ["noheader.csv", ("data.column_names", "text, label, extra", "[text, label, extra]")],
-              settings=("data.header=false", "data.column_names=[text,label,extra]")),
-    data_file("column_names: 1 name for 2 columns", "noheader.csv", raw(CSV.split("\n", 1)[1]),
-              ["noheader.csv", ("data.column_names", "(text)", "[text]")],
-              settings=("data.header=false", "data.column_names=[text]")),
-    data_file("csv duplicate header", "dupcols.csv",
-              raw("text,text,label\n" + "".join(f"{r['text']},{r['text']},{r['label']}\n" for r in make_rows(24, 3))),
-              ["dupcols.csv", ("duplicate", "twice", "more than once", "repeated")]),
-    data_file("csv row with too many fields", "wide.csv",
-              raw("\n".join(l + (",extra" if i == 5 else "") for i, l in enumerate(CSV.split("\n")))),
-              ["wide.csv", ("row 5", "line 6")]),
-    data_file("tsv row with too many fields", "wide.tsv",
-              raw("\n".join(l.replace(",", "\t") + ("\textra" if i == 5 else "") for i, l in enumerate(CSV.split("\n")))),
-              ["wide.tsv", ("row 5", "line 6")]),
-    data_file("csv unterminated quote", "openquote.csv",
-              raw("\n".join(('"' + l if i == 3 else l) for i, l in enumerate(CSV.split("\n")))), ["openquote.csv", ("row 3", "line 4")]),
+    data_file(
+        "jsonl invalid JSON", "broken.jsonl", jsonl_rows(rows(r4='{"text": "abc", "label": ')), ["broken.jsonl", ROW5]
+    ),
+    data_file(
+        "jsonl column_names given",
+        "train.jsonl",
+        jsonl_rows(rows()),
+        ["data.column_names"],
+        settings=("data.column_names=[text,label]",),
+    ),
+    data_file(
+        "csv forced as jsonl",
+        "really.csv",
+        csv_rows(rows()),
+        ["really.csv", ("line 1", "row 1")],
+        settings=("data.format=jsonl",),
+    ),
+    data_file(
+        "header=false on a file with a header",
+        "withheader.csv",
+        csv_rows(rows()),
+        ["withheader.csv", "row 1"],
+        settings=("data.header=false", "data.column_names=[text,label]"),
+    ),
+    data_file(
+        "header=false without column_names",
+        "noheader.csv",
+        raw(CSV.split("\n", 1)[1]),
+        ["data.column_names"],
+        settings=("data.header=false",),
+    ),
+    data_file(
+        "column_names: 3 names for 2 columns",
+        "noheader.csv",
+        raw(CSV.split("\n", 1)[1]),
+        ["noheader.csv", ("data.column_names", "text, label, extra", "[text, label, extra]")],
+        settings=("data.header=false", "data.column_names=[text,label,extra]"),
+    ),
+    data_file(
+        "column_names: 1 name for 2 columns",
+        "noheader.csv",
+        raw(CSV.split("\n", 1)[1]),
+        ["noheader.csv", ("data.column_names", "(text)", "[text]")],
+        settings=("data.header=false", "data.column_names=[text]"),
+    ),
+    data_file(
+        "csv duplicate header",
+        "dupcols.csv",
+        raw("text,text,label\n" + "".join(f"{r['text']},{r['text']},{r['label']}\n" for r in make_rows(24, 3))),
+        ["dupcols.csv", ("duplicate", "twice", "more than once", "repeated")],
+    ),
+    data_file(
+        "csv row with too many fields",
+        "wide.csv",
+        raw("\n".join(l + (",extra" if i == 5 else "") for i, l in enumerate(CSV.split("\n")))),
+        ["wide.csv", ("row 5", "line 6")],
+    ),
+    data_file(
+        "tsv row with too many fields",
+        "wide.tsv",
+        raw("\n".join(l.replace(",", "\t") + ("\textra" if i == 5 else "") for i, l in enumerate(CSV.split("\n")))),
+        ["wide.tsv", ("row 5", "line 6")],
+    ),
+    data_file(
+        "csv unterminated quote",
+        "openquote.csv",
+        raw("\n".join(('"' + l if i == 3 else l) for i, l in enumerate(CSV.split("\n")))),
+        ["openquote.csv", ("row 3", "line 4")],
+    ),
     data_file("csv empty text row", "blank.csv", csv_rows(rows(r4={"text": "   "})), ["blank.csv", "row 5"]),
-    data_file("csv missing label column", "nolabel.csv", csv_rows([{"text": r["text"], "tag": r["label"]} for r in rows()]),
-              ["nolabel.csv", "label"]),
-    data_file("csv missing text_pair column", "nopair.csv", csv_rows(rows()), ["nopair.csv", "sentence2"],
-              settings=("data.text_pair_column=sentence2",)),
+    data_file(
+        "csv missing label column",
+        "nolabel.csv",
+        csv_rows([{"text": r["text"], "tag": r["label"]} for r in rows()]),
+        ["nolabel.csv", "label"],
+    ),
+    data_file(
+        "csv missing text_pair column",
+        "nopair.csv",
+        csv_rows(rows()),
+        ["nopair.csv", "sentence2"],
+        settings=("data.text_pair_column=sentence2",),
+    ),
     data_file("csv empty file", "empty.csv", raw(b""), ["empty.csv"]),
     data_file("csv header only", "headeronly.csv", raw("text,label\n"), ["headeronly.csv"]),
-    data_file("not UTF-8", "latin1.csv", raw(b"text,label\nmy invoice is wrong,billing\ncaf\xe9 crash again,technical\n"),
-              ["latin1.csv", ("line 3", "row 2")]),
-    data_file("not UTF-8 in validation", "latin1-val.csv", raw(b"text,label\nparcel lost,shipping\nscreen \xff crash,technical\n"),
-              ["latin1-val.csv", ("line 3", "row 2")], split="validation"),
-    data_file("validation label unseen in train", "newlabel-val.csv", csv_rows(rows(10, 4, r1={"label": "returns"})),
-              ["newlabel-val.csv", "returns"], split="validation"),
+    data_file(
+        "not UTF-8",
+        "latin1.csv",
+        raw(b"text,label\nmy invoice is wrong,billing\ncaf\xe9 crash again,technical\n"),
+        ["latin1.csv", ("line 3", "row 2")],
+    ),
+    data_file(
+        "not UTF-8 in validation",
+        "latin1-val.csv",
+        raw(b"text,label\nparcel lost,shipping\nscreen \xff crash,technical\n"),
+        ["latin1-val.csv", ("line 3", "row 2")],
+        split="validation",
+    ),
+    data_file(
+        "validation label unseen in train",
+        "newlabel-val.csv",
+        csv_rows(rows(10, 4, r1={"label": "returns"})),
+        ["newlabel-val.csv", "returns"],
+        split="validation",
+    ),
     data_file(".gz that is not gzip", "plain.csv.gz", raw(CSV), ["plain.csv.gz"]),
     data_file(".parquet that is not parquet", "fake.parquet", raw(CSV), ["fake.parquet"]),
-    data_file("parquet null text", "nulltext.parquet", parquet_rows(rows(r1={"text": None})), ["nulltext.parquet", "row 2"]),
+    data_file(
+        "parquet null text", "nulltext.parquet", parquet_rows(rows(r1={"text": None})), ["nulltext.parquet", "row 2"]
+    ),
     data_file(".txt extension", "train.txt", raw(CSV), ["train.txt"]),
-    Case("data-directory as data.train", "train", lambda c: (c.tmp.joinpath("adir").mkdir(), c.train(f"data.train={c.tmp / 'adir'}"))[1],
-         ("{tmp}/adir",)),
+    Case(
+        "data-directory as data.train",
+        "train",
+        lambda c: (c.tmp.joinpath("adir").mkdir(), c.train(f"data.train={c.tmp / 'adir'}"))[1],
+        ("{tmp}/adir",),
+    ),
     train_case("data-missing validation file", ["{tmp}/missing-val.csv"], "data.validation={tmp}/missing-val.csv"),
     train_case("data-unknown URL scheme", ["foo://bucket/x.csv"], "data.train=foo://bucket/x.csv"),
-    Case("data-data=sst2 without the shared data", "train",
-         lambda c: without(c.train("data=sst2"), "data.train", "data.validation", "data.test"),
-         ("nodata/sst2",), env={"TEXT_RECIPES_DATA": "/nonexistent/nodata"}),
-    Case("data-data=hub offline", "train",
-         lambda c: without(c.train("data=hub", "data.hub_id=someorg/someset"), "data.train", "data.validation", "data.test"),
-         ("someorg/someset",), env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}),
+    Case(
+        "data-data=sst2 without the shared data",
+        "train",
+        lambda c: without(c.train("data=sst2"), "data.train", "data.validation", "data.test"),
+        ("nodata/sst2",),
+        env={"TEXT_RECIPES_DATA": "/nonexistent/nodata"},
+    ),
+    Case(
+        "data-data=hub offline",
+        "train",
+        lambda c: without(
+            c.train("data=hub", "data.hub_id=someorg/someset"), "data.train", "data.validation", "data.test"
+        ),
+        ("someorg/someset",),
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    ),
     # ---- models and checkpoints
     train_case("model-missing directory", ["/nonexistent/model-x"], "model.name_or_path=/nonexistent/model-x"),
     model_dir("noweights", _no_weights, ["{tmp}/noweights"]),
@@ -507,22 +645,57 @@ CASES: List[Case] = [
     model_dir("badconfig", _bad_config_json, ["{tmp}/badconfig"]),
     model_dir("unknowntype", _unknown_model_type, ["{tmp}/unknowntype"]),
     model_dir("afile", _file_not_dir, ["{tmp}/afile"]),
-    model_dir("notokenizer", lambda c, path: (shutil.copytree(c.model, path),
-                                              [f.unlink() for f in path.iterdir() if f.name.startswith(("tokenizer", "vocab", "special"))]),
-              ["{tmp}/notokenizer", "tokenizer"]),
-    Case("model-Hub id offline", "train", T("model=hub", "model.name_or_path=someorg/somemodel"), ("someorg/somemodel",),
-         env={"HF_HUB_OFFLINE": "1"}),
+    model_dir(
+        "notokenizer",
+        lambda c, path: (
+            shutil.copytree(c.model, path),
+            [f.unlink() for f in path.iterdir() if f.name.startswith(("tokenizer", "vocab", "special"))],
+        ),
+        ["{tmp}/notokenizer", "tokenizer"],
+    ),
+    Case(
+        "model-Hub id offline",
+        "train",
+        T("model=hub", "model.name_or_path=someorg/somemodel"),
+        ("someorg/somemodel",),
+        env={"HF_HUB_OFFLINE": "1"},
+    ),
     Case("checkpoint-truncated step_*.pt", "train", truncated_checkpoint, ("{ckpt}",)),
     # ---- output directories
-    Case("output-existing regular file", "train", lambda c: c.train(f"output_dir={_existing_file(c)}"), ("{tmp}/a_file",)),
-    Case("output-under a regular file", "train", lambda c: c.train(f"output_dir={_existing_file(c)}/run"), ("{tmp}/a_file",)),
-    Case("output-non-empty dir that is not a run", "train", lambda c: c.train(f"output_dir={_not_a_run(c)}"), ("{tmp}/notarun",)),
+    Case(
+        "output-existing regular file", "train", lambda c: c.train(f"output_dir={_existing_file(c)}"), ("{tmp}/a_file",)
+    ),
+    Case(
+        "output-under a regular file",
+        "train",
+        lambda c: c.train(f"output_dir={_existing_file(c)}/run"),
+        ("{tmp}/a_file",),
+    ),
+    Case(
+        "output-non-empty dir that is not a run",
+        "train",
+        lambda c: c.train(f"output_dir={_not_a_run(c)}"),
+        ("{tmp}/notarun",),
+    ),
     train_case("output-unknown URL scheme", ["foo://bucket/run"], "output_dir=foo://bucket/run"),
-    Case("output-finished run, optim.lr changed", "train", lambda c: override(c.finished.args, "optim.lr=1e-3"), ("optim.lr",)),
-    Case("output-finished run, data.train changed", "train",
-         lambda c: override(c.finished.args, f"data.train={c.data['train']}"), ("data.train",)),
-    Case("output-finished run, model.max_length changed", "train",
-         lambda c: override(c.finished.args, "model.max_length=16"), ("model.max_length",)),
+    Case(
+        "output-finished run, optim.lr changed",
+        "train",
+        lambda c: override(c.finished.args, "optim.lr=1e-3"),
+        ("optim.lr",),
+    ),
+    Case(
+        "output-finished run, data.train changed",
+        "train",
+        lambda c: override(c.finished.args, f"data.train={c.data['train']}"),
+        ("data.train",),
+    ),
+    Case(
+        "output-finished run, model.max_length changed",
+        "train",
+        lambda c: override(c.finished.args, "model.max_length=16"),
+        ("model.max_length",),
+    ),
     # ---- evaluate
     eval_case("batch_size=0", ["batch_size"], "batch_size=0"),
     eval_case("batch_size=-1", ["batch_size"], "batch_size=-1"),
@@ -536,22 +709,48 @@ CASES: List[Case] = [
     eval_case("data.split=[0.5,0.2,0.1]", ["data.split"], "data.split=[0.5,0.2,0.1]"),
     eval_case("checkpoint=''", ["checkpoint"], "checkpoint=''"),
     eval_case("checkpoint missing", ["{tmp}/missing-run/model"], "checkpoint={tmp}/missing-run/model"),
-    Case("evaluate-checkpoint is a pretrained encoder", "evaluate", lambda c: c.evaluate(f"checkpoint={c.model}"), ("{model}",)),
-    Case("evaluate-checkpoint is a step_*.pt file", "evaluate",
-         lambda c: c.evaluate(f"checkpoint={sorted(c.finished.dir.glob('checkpoints/step_*.pt'))[-1]}"), ("checkpoints/step_",)),
-    Case("evaluate-checkpoint with truncated weights", "evaluate",
-         lambda c: (shutil.copytree(c.finished.model, c.tmp / "broken-model"),
-                    (c.tmp / "broken-model" / "model.safetensors").write_bytes(b"\0" * 100),
-                    c.evaluate(f"checkpoint={c.tmp / 'broken-model'}"))[-1], ("{tmp}/broken-model",)),
+    Case(
+        "evaluate-checkpoint is a pretrained encoder",
+        "evaluate",
+        lambda c: c.evaluate(f"checkpoint={c.model}"),
+        ("{model}",),
+    ),
+    Case(
+        "evaluate-checkpoint is a step_*.pt file",
+        "evaluate",
+        lambda c: c.evaluate(f"checkpoint={sorted(c.finished.dir.glob('checkpoints/step_*.pt'))[-1]}"),
+        ("checkpoints/step_",),
+    ),
+    Case(
+        "evaluate-checkpoint with truncated weights",
+        "evaluate",
+        lambda c: (
+            shutil.copytree(c.finished.model, c.tmp / "broken-model"),
+            (c.tmp / "broken-model" / "model.safetensors").write_bytes(b"\0" * 100),
+            c.evaluate(f"checkpoint={c.tmp / 'broken-model'}"),
+        )[-1],
+        ("{tmp}/broken-model",),
+    ),
     eval_case("data.test missing", ["{tmp}/missing-test.csv"], "data.test={tmp}/missing-test.csv"),
-    Case("evaluate-unseen label in test", "evaluate",
-         lambda c: c.evaluate(f"data.test={write_jsonl(c.tmp / 'unseen.jsonl', rows(10, 5, r3={'label': 'returns'}))}"),
-         ("unseen.jsonl", "returns")),
-    Case("evaluate-no test split (data.split gives it 0)", "evaluate",
-         lambda c: without(c.evaluate("data.split=[1.0,0,0]"), "data.test"), (("data.test", "data.split"),)),
+    Case(
+        "evaluate-unseen label in test",
+        "evaluate",
+        lambda c: c.evaluate(f"data.test={write_jsonl(c.tmp / 'unseen.jsonl', rows(10, 5, r3={'label': 'returns'}))}"),
+        ("unseen.jsonl", "returns"),
+    ),
+    Case(
+        "evaluate-no test split (data.split gives it 0)",
+        "evaluate",
+        lambda c: without(c.evaluate("data.split=[1.0,0,0]"), "data.test"),
+        (("data.test", "data.split"),),
+    ),
     eval_case("output_dir=''", ["output_dir"], "output_dir=''"),
-    Case("evaluate-output_dir is a regular file", "evaluate", lambda c: c.evaluate(f"output_dir={_existing_file(c)}"),
-         ("{tmp}/a_file",)),
+    Case(
+        "evaluate-output_dir is a regular file",
+        "evaluate",
+        lambda c: c.evaluate(f"output_dir={_existing_file(c)}"),
+        ("{tmp}/a_file",),
+    ),
     # ---- torchx components: refused when the AppDef is built (--dryrun)
     torchx_train("--cpu -1", ["cpu"], "--cpu", "-1"),
     torchx_train("--gpu -1", ["gpu"], "--gpu", "-1"),
@@ -562,10 +761,25 @@ CASES: List[Case] = [
     torchx_train("--max_retries -1", ["max_retries"], "--max_retries", "-1"),
     torchx_train("--h banana", ["banana"], "--h", "banana"),
     torchx_train("--name 'My Job!'", ["My Job!"], "--name", "My Job!"),
-    *[torchx_train(f"--env {key}", [key], "--env", f"{key}={SECRET}", secret=SECRET)
-      for key in ("GITHUB_PAT", "OPENAI_KEY", "HF_AUTH", "DB_PASS", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "MY_PASSWORD")],
-    torchx_train("--env secret value", ["MY_SETTING"], "--env", "MY_SETTING=hf_abcdefghijklmnopqrstuvwxyz012345",
-                 secret="hf_abcdefghijklmnopqrstuvwxyz012345"),
+    *[
+        torchx_train(f"--env {key}", [key], "--env", f"{key}={SECRET}", secret=SECRET)
+        for key in (
+            "GITHUB_PAT",
+            "OPENAI_KEY",
+            "HF_AUTH",
+            "DB_PASS",
+            "HF_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "MY_PASSWORD",
+        )
+    ],
+    torchx_train(
+        "--env secret value",
+        ["MY_SETTING"],
+        "--env",
+        "MY_SETTING=hf_abcdefghijklmnopqrstuvwxyz012345",
+        secret="hf_abcdefghijklmnopqrstuvwxyz012345",
+    ),
     torchx_train("-- trainer.lernrate=1", ["trainer.lernrate"], "--", "trainer.lernrate=1"),
     torchx_train("-- trainer.batch_size=abc", ["trainer.batch_size"], "--", "trainer.batch_size=abc"),
     torchx_train("-- trainer.group_size=0", ["trainer.group_size"], "--", "trainer.group_size=0"),
@@ -576,7 +790,13 @@ CASES: List[Case] = [
     torchx_eval("--env HF_TOKEN", ["HF_TOKEN"], "--env", f"HF_TOKEN={SECRET}", secret=SECRET),
     torchx_eval("-- batch_size=0", ["batch_size"], "--", "batch_size=0"),
     torchx_eval("-- lernrate=1", ["lernrate"], "--", "lernrate=1"),
-    Case("torchx-evaluate---checkpoint ''", "torchx", X("components/evaluate.py:evaluate", "--checkpoint", ""), ("checkpoint",), rc=None),
+    Case(
+        "torchx-evaluate---checkpoint ''",
+        "torchx",
+        X("components/evaluate.py:evaluate", "--checkpoint", ""),
+        ("checkpoint",),
+        rc=None,
+    ),
 ]
 
 
@@ -629,7 +849,12 @@ def check_refusal(case: Case, ctx: Ctx, out, changes: List[str]) -> None:
 
 
 # the process boundary: exit status, stderr and the one line as a shell sees them, for one case of each kind
-IN_A_PROCESS = ["config-trainer.batch_size=abc", "data-not UTF-8", "evaluate-checkpoint missing", "torchx-train---cpu -1"]
+IN_A_PROCESS = [
+    "config-trainer.batch_size=abc",
+    "data-not UTF-8",
+    "evaluate-checkpoint missing",
+    "torchx-train---cpu -1",
+]
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in IN_A_PROCESS], ids=IN_A_PROCESS)
@@ -639,7 +864,14 @@ def test_bad_input_in_its_own_process(case: Case, train_args, tiny_model, tiny_d
     roots = (tmp_path, tiny_model, finished.base, ROOT)
     before = snapshot(*roots)
     if case.kind == "torchx":
-        out = subprocess.run([*TORCHX_DRYRUN, *args], cwd=ROOT, env={**os.environ, **case.env}, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [*TORCHX_DRYRUN, *args],
+            cwd=ROOT,
+            env={**os.environ, **case.env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     else:
         out = run_cli(*([] if case.kind == "cli" else [case.kind]), *args, env=case.env, timeout=300)
     check_refusal(case, ctx, out, diff(before, snapshot(*roots), [ctx.fmt(o) for o in case.owned]))
@@ -705,7 +937,9 @@ def test_relaunch_finished_run_with_same_config_succeeds(finished):
 def test_evaluate_accepts_the_run_directory(finished, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished.dir, run)
-    out = run_main("evaluate", f"checkpoint={run}", "data=files", f"data.train={finished.train}", f"data.test={finished.test}")
+    out = run_main(
+        "evaluate", f"checkpoint={run}", "data=files", f"data.train={finished.train}", f"data.test={finished.test}"
+    )
     assert out.returncode == 0, report(out)
     results = list(run.glob("eval-*/metrics.json"))
     assert len(results) == 1, list(run.rglob("*"))
@@ -731,7 +965,14 @@ def test_two_evaluations_with_different_test_files_do_not_overwrite(finished, tm
 
 
 def test_torchx_env_without_secrets_is_accepted():
-    out = run_torchx(*DRYRUN, "components/train.py:train", "--env", "TOKENIZERS_PARALLELISM=false,HF_HUB_OFFLINE=1", "--", "trainer.max_steps=1")
+    out = run_torchx(
+        *DRYRUN,
+        "components/train.py:train",
+        "--env",
+        "TOKENIZERS_PARALLELISM=false,HF_HUB_OFFLINE=1",
+        "--",
+        "trainer.max_steps=1",
+    )
     assert out.returncode == 0, report(out)
     assert "HF_HUB_OFFLINE" in out.stdout + out.stderr
 
@@ -772,8 +1013,12 @@ def test_kill_9_during_evaluate_leaves_only_complete_outputs(finished, tmp_path)
     killed_mid_write = 0
     for i, delay in enumerate((0.0, 0.02)):
         out_dir = tmp_path / f"killed{i}"
-        proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "evaluate", *base, f"output_dir={out_dir}"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "evaluate", *base, f"output_dir={out_dir}"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 300
         # wait for the first output (any name but the writability probe), then kill after `delay`
         while proc.poll() is None and time.time() < deadline:

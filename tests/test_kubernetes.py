@@ -5,6 +5,7 @@ against Volcano's CRD schema (tests/schemas, unknown fields refused as the apise
 template as a v1 Pod with kubernetes-validate (strict), names as the DNS labels they become; the Dockerfile is
 linted with hadolint.
 """
+
 import fnmatch
 import re
 import shlex
@@ -25,8 +26,9 @@ from torchx.specs.finder import ComponentValidationException
 from components.evaluate import evaluate
 from components.infer import batch_infer
 from components.train import train
-from launcher.submit import kubernetes, named_resources as gke
 from launcher.job.ray_cluster import SECRET_ENV
+from launcher.submit import kubernetes
+from launcher.submit import named_resources as gke
 from tests.conftest import ROOT
 
 IMAGE = "us-central1-docker.pkg.dev/p/text-recipes/text-recipes:1"
@@ -40,7 +42,11 @@ def _closed(schema):
     """The schema with unknown fields refused where the apiserver would prune them silently."""
     if isinstance(schema, dict):
         schema = {k: _closed(v) for k, v in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
     return schema
 
@@ -64,8 +70,12 @@ def dryrun(app: AppDef, **cfg) -> dict:
     name = job["metadata"]["name"]
     assert DNS_LABEL.match(name)  # also the job's Service and the pods' subdomain
     for task in job["spec"]["tasks"]:
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{name}-{task['name']}-0", **task["template"]["metadata"]},
-               "spec": task["template"]["spec"]}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{name}-{task['name']}-0", **task["template"]["metadata"]},
+            "spec": task["template"]["spec"],
+        }
         kubernetes_validate.validate(pod, KUBERNETES, strict=True)
         assert DNS_LABEL.match(pod["metadata"]["name"]), pod["metadata"]["name"]  # Volcano's pod name, and its hostname
     return job
@@ -84,7 +94,9 @@ def env_of(container: dict) -> dict:
 
 def test_dockerfile_lints_and_its_workdir_is_the_pods():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    out = subprocess.run([hadolint, "--failure-threshold", "info", "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [hadolint, "--failure-threshold", "info", "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.findall(r"^WORKDIR (\S+)$", dockerfile, re.M) == [kubernetes.WORKDIR]
@@ -95,22 +107,53 @@ def test_dockerfile_lints_and_its_workdir_is_the_pods():
 
 def test_dockerignore_keeps_what_the_pods_run():
     patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
-    for needed in ("run.py", "pyproject.toml", "README.md", "conf/train.yaml", "data/support_tickets/train.csv",
-                   "launcher/submit/kubernetes.py", "recipes/train.py", "components/train.py"):
+    for needed in (
+        "run.py",
+        "pyproject.toml",
+        "README.md",
+        "conf/train.yaml",
+        "data/support_tickets/train.csv",
+        "launcher/submit/kubernetes.py",
+        "recipes/train.py",
+        "components/train.py",
+    ):
         assert not any(fnmatch.fnmatch(needed, p) or needed.startswith(p.rstrip("/") + "/") for p in patterns), needed
 
 
 def test_cli_dryrun_needs_no_workspace_and_takes_the_image_from_torchxconfig():
-    out = subprocess.run([sys.executable, "-m", "torchx.cli.main", "run", "--dryrun", "-s", "kubernetes",
-                          "components/evaluate.py:evaluate", "--checkpoint", "gs://b/runs/r1/model", "-h", "gke_l4_1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchx.cli.main",
+            "run",
+            "--dryrun",
+            "-s",
+            "kubernetes",
+            "components/evaluate.py:evaluate",
+            "--checkpoint",
+            "gs://b/runs/r1/model",
+            "-h",
+            "gke_l4_1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     job = yaml.safe_load(out.stdout.split("=== SCHEDULER REQUEST ===", 1)[1])
     (container,) = pods(job)[0]["containers"]
     config = (ROOT / ".torchxconfig").read_text()
     assert f"image = {container['image']}" in config and container["workingDir"] == "/app"
-    for component in ("components/train.py:train", "components/evaluate.py:evaluate", "components/infer.py:batch_infer",
-                      "text_recipes.train.train", "text_recipes.evaluate.evaluate", "text_recipes.infer.batch_infer"):
+    for component in (
+        "components/train.py:train",
+        "components/evaluate.py:evaluate",
+        "components/infer.py:batch_infer",
+        "text_recipes.train.train",
+        "text_recipes.evaluate.evaluate",
+        "text_recipes.infer.batch_infer",
+    ):
         assert f"[component:{component}]\nimage = {container['image']}\n" in config
 
 
@@ -126,7 +169,7 @@ def test_gke_named_resources_fit_their_machines_after_system_pods():
             tpu = gke.tpu_slice(resource)
             machine = tpu.version.machines[tpu.chips_per_host]
         else:
-            label, machines = gke.GKE_GPUS[name[len("gke_"): name.rindex("_")]]
+            label, machines = gke.GKE_GPUS[name[len("gke_") : name.rindex("_")]]
             machine = machines[resource.gpu]
             assert resource.capabilities == {gke.GKE_ACCELERATOR: label}
         vcpus, gib = gke.MACHINES[machine]
@@ -137,16 +180,24 @@ def test_gke_named_resources_fit_their_machines_after_system_pods():
     assert (named_resources["gke_h100_80gb_8"].cpu, named_resources["gke_h100_80gb_8"].gpu) == (206, 8)
 
 
-@pytest.mark.parametrize("name, hosts, accelerator, host_bounds, chips_bounds", [
-    ("gke_tpu_v5e_2x4", 1, "v5litepod-8", (1, 1, 1), (2, 4, 1)),
-    ("gke_tpu_v5e_4x4", 4, "v5litepod-16", (2, 2, 1), (2, 2, 1)),
-    ("gke_tpu_v6e_16x16", 64, "v6e-256", (8, 8, 1), (2, 2, 1)),
-    ("gke_tpu_v5p_2x2x2", 2, "v5p-16", (1, 1, 2), (2, 2, 1)),
-    ("gke_tpu_v4_2x4x4", 8, "v4-64", (1, 2, 4), (2, 2, 1)),
-])
+@pytest.mark.parametrize(
+    "name, hosts, accelerator, host_bounds, chips_bounds",
+    [
+        ("gke_tpu_v5e_2x4", 1, "v5litepod-8", (1, 1, 1), (2, 4, 1)),
+        ("gke_tpu_v5e_4x4", 4, "v5litepod-16", (2, 2, 1), (2, 2, 1)),
+        ("gke_tpu_v6e_16x16", 64, "v6e-256", (8, 8, 1), (2, 2, 1)),
+        ("gke_tpu_v5p_2x2x2", 2, "v5p-16", (1, 1, 2), (2, 2, 1)),
+        ("gke_tpu_v4_2x4x4", 8, "v4-64", (1, 2, 4), (2, 2, 1)),
+    ],
+)
 def test_tpu_slices(name, hosts, accelerator, host_bounds, chips_bounds):
     tpu = gke.tpu_slice(named_resources[name])
-    assert (tpu.hosts, tpu.accelerator_type, tpu.host_bounds, tpu.chips_per_host_bounds) == (hosts, accelerator, host_bounds, chips_bounds)
+    assert (tpu.hosts, tpu.accelerator_type, tpu.host_bounds, tpu.chips_per_host_bounds) == (
+        hosts,
+        accelerator,
+        host_bounds,
+        chips_bounds,
+    )
     assert named_resources[name].devices == {gke.TPU: tpu.chips_per_host}
     assert gke.tpu_slice(named_resources["gke_l4_1"]) is None
 
@@ -154,17 +205,37 @@ def test_tpu_slices(name, hosts, accelerator, host_bounds, chips_bounds):
 def test_gpus_without_a_named_resource_get_cpus_and_memory_per_gpu():
     role = train("trainer.max_steps=1", gpu=8, output_dir="gs://b/r").roles[0]
     assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (48, 8, 8 * 24 * 1024)
-    role = materialize_appdef(train, ["--gpu", "8", "--cpu", "10", "--memMB", "50000"]).roles[0]  # as the CLI passes them
+    role = materialize_appdef(train, ["--gpu", "8", "--cpu", "10", "--memMB", "50000"]).roles[
+        0
+    ]  # as the CLI passes them
     assert (role.resource.cpu, role.resource.memMB) == (10, 50000)
-    assert (train(output_dir="gs://b/r").roles[0].resource.cpu, train(output_dir="gs://b/r").roles[0].resource.memMB) == (2, 8192)
+    assert (
+        train(output_dir="gs://b/r").roles[0].resource.cpu,
+        train(output_dir="gs://b/r").roles[0].resource.memMB,
+    ) == (2, 8192)
 
 
 # --- the manifests -------------------------------------------------------------------------------------
 
 
 def test_train_on_a_gpu_pool():
-    app = materialize_appdef(train, ["--nnodes", "2", "--nproc_per_node", "8", "-h", "gke_a100_80gb_8", "--image", IMAGE,
-                                     "--output_dir", "gs://b/runs/r1", "--", "trainer.max_steps=100"])
+    app = materialize_appdef(
+        train,
+        [
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "8",
+            "-h",
+            "gke_a100_80gb_8",
+            "--image",
+            IMAGE,
+            "--output_dir",
+            "gs://b/runs/r1",
+            "--",
+            "trainer.max_steps=100",
+        ],
+    )
     job = dryrun(app, service_account="text-recipes", secret_env=SECRET_ENV_CFG[1:])
     assert job["spec"]["minAvailable"] == 2 and job["spec"]["schedulerName"] == "volcano"
     for replica, spec in enumerate(pods(job)):
@@ -176,38 +247,76 @@ def test_train_on_a_gpu_pool():
         assert (limits["cpu"], limits["memory"], limits["nvidia.com/gpu"]) == ("94000m", "1421569M", "8")
         assert container["image"] == IMAGE and container["workingDir"] == "/app"
         args = shlex.split(container["command"][2])
-        assert args[args.index("--rdzv_endpoint") + 1] == ("${TORCHX_RANK0_HOST:=localhost}:29500" if replica == 0 else "${VC_TRAIN_0_HOSTS:=localhost}:29500")
-        assert args[args.index("run.py"):] == ["run.py", "train", "trainer.max_steps=100", "output_dir=gs://b/runs/r1"]
+        assert args[args.index("--rdzv_endpoint") + 1] == (
+            "${TORCHX_RANK0_HOST:=localhost}:29500" if replica == 0 else "${VC_TRAIN_0_HOSTS:=localhost}:29500"
+        )
+        assert args[args.index("run.py") :] == ["run.py", "train", "trainer.max_steps=100", "output_dir=gs://b/runs/r1"]
         env = env_of(container)
         assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
         assert "PJRT_DEVICE" not in env and SECRET_ENV not in env
 
 
 def test_train_on_a_two_host_tpu_slice():
-    app = materialize_appdef(train, ["--nnodes", "2", "--nproc_per_node", "4", "-h", "gke_tpu_v5p_2x2x2", "--image", f"{IMAGE}-tpu",
-                                     "--output_dir", "gs://b/runs/tpu"])
+    app = materialize_appdef(
+        train,
+        [
+            "--nnodes",
+            "2",
+            "--nproc_per_node",
+            "4",
+            "-h",
+            "gke_tpu_v5p_2x2x2",
+            "--image",
+            f"{IMAGE}-tpu",
+            "--output_dir",
+            "gs://b/runs/tpu",
+        ],
+    )
     job = dryrun(app, service_account="text-recipes")
     name = job["metadata"]["name"]
     assert job["spec"]["minAvailable"] == 2  # gang: both hosts of the slice or none
     hosts = ",".join(f"{name}-{task['name']}-0.{name}" for task in job["spec"]["tasks"])
     for worker, spec in enumerate(pods(job)):
         (container,) = spec["containers"]
-        assert spec["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice", "cloud.google.com/gke-tpu-topology": "2x2x2"}
+        assert spec["nodeSelector"] == {
+            "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+            "cloud.google.com/gke-tpu-topology": "2x2x2",
+        }
         assert spec["tolerations"] == [{"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"}]
-        assert container["resources"]["limits"]["google.com/tpu"] == "4" and "nvidia.com/gpu" not in container["resources"]["limits"]
+        assert (
+            container["resources"]["limits"]["google.com/tpu"] == "4"
+            and "nvidia.com/gpu" not in container["resources"]["limits"]
+        )
         env = env_of(container)
         assert {k: env[k] for k in env if k.startswith(("TPU_", "PJRT_"))} == {
-            "PJRT_DEVICE": "TPU", "TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5p-16", "TPU_HOST_BOUNDS": "1,1,2",
-            "TPU_CHIPS_PER_HOST_BOUNDS": "2,2,1", "TPU_WORKER_ID": str(worker), "TPU_WORKER_HOSTNAMES": hosts}
+            "PJRT_DEVICE": "TPU",
+            "TPU_SKIP_MDS_QUERY": "1",
+            "TPU_ACCELERATOR_TYPE": "v5p-16",
+            "TPU_HOST_BOUNDS": "1,1,2",
+            "TPU_CHIPS_PER_HOST_BOUNDS": "2,2,1",
+            "TPU_WORKER_ID": str(worker),
+            "TPU_WORKER_HOSTNAMES": hosts,
+        }
         assert container["workingDir"] == "/app" and spec["serviceAccountName"] == "text-recipes"
 
 
 def test_batch_infer_on_a_gpu_pool_three_replicas_one_ray_cluster():
-    app = batch_infer("output_format=jsonl", model="gs://b/m", input="gs://b/in/*.jsonl", output="gs://b/out", nnodes=3,
-                      h="gke_l4_1", image=IMAGE)
+    app = batch_infer(
+        "output_format=jsonl",
+        model="gs://b/m",
+        input="gs://b/in/*.jsonl",
+        output="gs://b/out",
+        nnodes=3,
+        h="gke_l4_1",
+        image=IMAGE,
+    )
     job = dryrun(app, service_account="text-recipes", secret_env=SECRET_ENV_CFG)
     name = job["metadata"]["name"]
-    assert job["spec"]["minAvailable"] == 3 and [t["name"] for t in job["spec"]["tasks"]] == ["infer-0", "infer-1", "infer-2"]
+    assert job["spec"]["minAvailable"] == 3 and [t["name"] for t in job["spec"]["tasks"]] == [
+        "infer-0",
+        "infer-1",
+        "infer-2",
+    ]
     heads = []
     for replica, spec in enumerate(pods(job)):
         (container,) = spec["containers"]
@@ -215,12 +324,25 @@ def test_batch_infer_on_a_gpu_pool_three_replicas_one_ray_cluster():
         assert container["resources"]["limits"] == {"cpu": "6000m", "memory": "28282M", "nvidia.com/gpu": "1"}
         args = shlex.split(container["command"][2])
         assert args[:3] == ["python3", "-m", "launcher.job.ray_cluster"]
-        assert [args[args.index(flag) + 1] for flag in ("--replica-id", "--nnodes", "--job-id", "--cpus", "--gpus")] == [str(replica), "3", name, "6", "1"]
-        assert args[args.index("--") + 1:] == ["python3", "run.py", "infer", "gpus_per_actor=1", "output_format=jsonl",
-                                               "model_dir=gs://b/m", "input=gs://b/in/*.jsonl", "output=gs://b/out"]
+        assert [
+            args[args.index(flag) + 1] for flag in ("--replica-id", "--nnodes", "--job-id", "--cpus", "--gpus")
+        ] == [str(replica), "3", name, "6", "1"]
+        assert args[args.index("--") + 1 :] == [
+            "python3",
+            "run.py",
+            "infer",
+            "gpus_per_actor=1",
+            "output_format=jsonl",
+            "model_dir=gs://b/m",
+            "input=gs://b/in/*.jsonl",
+            "output=gs://b/out",
+        ]
         assert container["ports"] == [{"containerPort": 6379, "name": "ray"}]
         env = env_of(container)
-        assert env[SECRET_ENV] == {"secretKeyRef": {"name": "text-recipes-ray", "key": "secret"}} and "RAY_AUTH_TOKEN" not in env
+        assert (
+            env[SECRET_ENV] == {"secretKeyRef": {"name": "text-recipes-ray", "key": "secret"}}
+            and "RAY_AUTH_TOKEN" not in env
+        )
         heads.append(args[args.index("--head") + 1])
     # replica 0 is the head; the others find it through Volcano's per-task host list
     assert heads == ["${TORCHX_RANK0_HOST:=localhost}:6379"] + ["${VC_INFER_0_HOSTS:=localhost}:6379"] * 2
@@ -233,12 +355,19 @@ def test_submit_sends_the_checked_job_and_needs_no_docker():
             return {"metadata": {"name": request["body"]["metadata"]["name"]}}
 
     scheduler = kubernetes.create_scheduler("test")
-    info = scheduler.submit_dryrun(train(output_dir="gs://b/r", h="gke_l4_1", image=IMAGE),
-                                   scheduler.run_opts().resolve({"queue": "default", "namespace": "ml"}))
+    info = scheduler.submit_dryrun(
+        train(output_dir="gs://b/r", h="gke_l4_1", image=IMAGE),
+        scheduler.run_opts().resolve({"queue": "default", "namespace": "ml"}),
+    )
     api = CustomObjects()
     scheduler._volcano._custom_objects_api = lambda: api
     assert scheduler.schedule(info) == f"ml:{info.request.resource['metadata']['name']}"
-    assert (api.request["group"], api.request["version"], api.request["plural"], api.request["namespace"]) == ("batch.volcano.sh", "v1alpha1", "jobs", "ml")
+    assert (api.request["group"], api.request["version"], api.request["plural"], api.request["namespace"]) == (
+        "batch.volcano.sh",
+        "v1alpha1",
+        "jobs",
+        "ml",
+    )
     assert api.request["body"]["spec"]["tasks"][0]["template"]["spec"]["containers"][0]["workingDir"] == "/app"
 
 
@@ -247,11 +376,15 @@ def test_names_stay_dns_labels_of_at_most_63_characters():
     job = dryrun(evaluate(checkpoint="gs://b/r/model", name=name, image=IMAGE))
     # <name>-<random id, up to 14>-evaluate-0-0 would be 64 characters: the name loses one
     assert job["metadata"]["name"].rsplit("-", 1)[0] == name[:35]
-    role = Role(name="worker", image=IMAGE, entrypoint="echo", num_replicas=100, resource=Resource(cpu=1, gpu=0, memMB=512))
+    role = Role(
+        name="worker", image=IMAGE, entrypoint="echo", num_replicas=100, resource=Resource(cpu=1, gpu=0, memMB=512)
+    )
     job = dryrun(AppDef(name="x" * 80, roles=[role]))
     assert max(len(f"{job['metadata']['name']}-{t['name']}-0") for t in job["spec"]["tasks"]) <= 63
     for bad, message in (("1st", "app name '1st'"), ("ok", "role name 'Worker_1'")):
-        app = AppDef(name=bad, roles=[Role(name="Worker_1" if bad == "ok" else "worker", image=IMAGE, entrypoint="echo")])
+        app = AppDef(
+            name=bad, roles=[Role(name="Worker_1" if bad == "ok" else "worker", image=IMAGE, entrypoint="echo")]
+        )
         with pytest.raises(ComponentValidationException, match=re.escape(message)):
             dryrun(app)
 
@@ -259,15 +392,29 @@ def test_names_stay_dns_labels_of_at_most_63_characters():
 # --- refused before the job waits for nodes ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("app, message", [
-    (lambda: train(image=IMAGE), "--output_dir outputs/minilm-support_tickets: a path inside the pod"),
-    (lambda: train(output_dir="/data/run", image=IMAGE), "--output_dir /data/run: a path inside the pod"),
-    (lambda: evaluate(checkpoint="outputs/r1/model", image=IMAGE), "--checkpoint outputs/r1/model: a path inside the pod"),
-    (lambda: batch_infer(model="gs://b/m", input="gs://b/in.csv", output="preds/", image=IMAGE), "--output preds/: a path inside the pod"),
-    (lambda: batch_infer(model="gs://b/m", input="gs://b/in.csv", output="gs://b/o", nnodes=2, image=IMAGE),
-     f"{SECRET_ENV}: this job reads it from a Kubernetes Secret; add -cfg secret_env={SECRET_ENV}:SECRET/KEY"),
-    (lambda: train(h="gke_tpu_v5e_4x4", output_dir="gs://b/r", image=IMAGE), "a v5litepod-16 slice has 4 host(s), one replica each; run 4 replicas"),
-])
+@pytest.mark.parametrize(
+    "app, message",
+    [
+        (lambda: train(image=IMAGE), "--output_dir outputs/minilm-support_tickets: a path inside the pod"),
+        (lambda: train(output_dir="/data/run", image=IMAGE), "--output_dir /data/run: a path inside the pod"),
+        (
+            lambda: evaluate(checkpoint="outputs/r1/model", image=IMAGE),
+            "--checkpoint outputs/r1/model: a path inside the pod",
+        ),
+        (
+            lambda: batch_infer(model="gs://b/m", input="gs://b/in.csv", output="preds/", image=IMAGE),
+            "--output preds/: a path inside the pod",
+        ),
+        (
+            lambda: batch_infer(model="gs://b/m", input="gs://b/in.csv", output="gs://b/o", nnodes=2, image=IMAGE),
+            f"{SECRET_ENV}: this job reads it from a Kubernetes Secret; add -cfg secret_env={SECRET_ENV}:SECRET/KEY",
+        ),
+        (
+            lambda: train(h="gke_tpu_v5e_4x4", output_dir="gs://b/r", image=IMAGE),
+            "a v5litepod-16 slice has 4 host(s), one replica each; run 4 replicas",
+        ),
+    ],
+)
 def test_refused_at_dryrun_in_one_line(app, message):
     with pytest.raises(ComponentValidationException, match=re.escape(message)) as e:
         dryrun(app())
@@ -300,13 +447,25 @@ def overlaid(overlay) -> dict:
 
 
 def test_overlay_dicts_merge_lists_append_values_overwrite():
-    spec = overlaid({"spec": {"nodeSelector": {"cloud.google.com/gke-spot": "true"}, "priorityClassName": "batch",
-                              "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Exists", "effect": "NoSchedule"}]},
-                     "metadata": {"labels": {"team": "nlp"}}})
-    assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4", "cloud.google.com/gke-spot": "true"}
+    spec = overlaid(
+        {
+            "spec": {
+                "nodeSelector": {"cloud.google.com/gke-spot": "true"},
+                "priorityClassName": "batch",
+                "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+            "metadata": {"labels": {"team": "nlp"}},
+        }
+    )
+    assert spec["nodeSelector"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-l4",
+        "cloud.google.com/gke-spot": "true",
+    }
     assert [t["key"] for t in spec["tolerations"]] == ["nvidia.com/gpu", "cloud.google.com/gke-spot"]
     assert spec["priorityClassName"] == "batch"
-    nested = overlaid({"__torchx_overlays__": True, "V1Pod": {"spec": {"tolerations": ()}}})  # set_overlay's format; a tuple replaces
+    nested = overlaid(
+        {"__torchx_overlays__": True, "V1Pod": {"spec": {"tolerations": ()}}}
+    )  # set_overlay's format; a tuple replaces
     assert nested["tolerations"] == []
     with pytest.raises(ComponentValidationException, match="PUT/JOIN/DEL"):
         overlaid({"spec": {"__put__:tolerations": []}})
@@ -314,8 +473,10 @@ def test_overlay_dicts_merge_lists_append_values_overwrite():
 
 def test_overlay_from_a_yaml_file(tmp_path):
     path = tmp_path / "overlay.yaml"
-    path.write_text("spec:\n  volumes: !!python/tuple\n    - name: dshm\n      emptyDir: {medium: Memory, sizeLimit: 64Gi}\n"
-                    "  securityContext: {fsGroup: 1000}\n")
+    path.write_text(
+        "spec:\n  volumes: !!python/tuple\n    - name: dshm\n      emptyDir: {medium: Memory, sizeLimit: 64Gi}\n"
+        "  securityContext: {fsGroup: 1000}\n"
+    )
     for uri in (str(path), f"file://{path}"):
         spec = overlaid(uri)
         assert spec["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}]

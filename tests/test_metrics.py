@@ -1,4 +1,5 @@
 """Unit tests of the classification tasks' metrics, decisions and plots, on examples computed by hand."""
+
 import json
 import math
 from types import SimpleNamespace
@@ -209,9 +210,11 @@ def test_plot_pr_curves(tmp_path):
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_plot_training_curve(tmp_path, metric):
     history = [
-        {"step": 1, "train_loss": 1.1, "lr": 1e-3}, {"step": 2, "train_loss": 0.9, "lr": 1e-3},
+        {"step": 1, "train_loss": 1.1, "lr": 1e-3},
+        {"step": 2, "train_loss": 0.9, "lr": 1e-3},
         {"step": 2, "eval_loss": 0.95, "eval_accuracy": 0.5},
-        {"step": 3, "train_loss": 0.7, "lr": 1e-3}, {"step": 4, "train_loss": 0.5, "lr": 1e-3},
+        {"step": 3, "train_loss": 0.7, "lr": 1e-3},
+        {"step": 4, "train_loss": 0.5, "lr": 1e-3},
         {"step": 4, "eval_loss": 0.6, "eval_accuracy": 0.8},
     ]
     path = tmp_path / "curve.png"
@@ -229,7 +232,10 @@ def test_better_and_headline():
     assert better("accuracy", 0.5, None)
     assert better("accuracy", 0.6, 0.5) and not better("accuracy", 0.5, 0.5)
     assert better("loss", 0.4, 0.5) and not better("loss", 0.6, 0.5)
-    assert tasks.headline(SingleLabel(None, LABELS), {"accuracy": 0.5, "f1_macro": 0.25, "loss": 1.0}) == "accuracy=0.5000 f1_macro=0.2500"
+    assert (
+        tasks.headline(SingleLabel(None, LABELS), {"accuracy": 0.5, "f1_macro": 0.25, "loss": 1.0})
+        == "accuracy=0.5000 f1_macro=0.2500"
+    )
 
 
 def test_evaluation_and_batch_inference_decide_alike():
@@ -238,9 +244,17 @@ def test_evaluation_and_batch_inference_decide_alike():
     multi = MultiLabel(cfg, ML_LABELS, np.array([0.35, 0.75, 0.5]))
     table = Table("t", ["a", "b", "c", "d"], None, [[], [], [], []], [1, 2, 3, 4])
     evaluated = [json.loads(line)["prediction"] for line in multi.prediction_rows(table, logit(ML_PROBS))]
-    assert evaluated == [["x", "z"], ["x"], ["y"], ["z", "x"]]  # at or above each label's threshold, most probable first
+    assert evaluated == [
+        ["x", "z"],
+        ["x"],
+        ["y"],
+        ["z", "x"],
+    ]  # at or above each label's threshold, most probable first
     assert multi.outputs(ML_PROBS)["labels"].to_pylist() == evaluated
     single = SingleLabel(cfg, LABELS)
     logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]], np.float32)
-    evaluated = [json.loads(line)["prediction"] for line in single.prediction_rows(Table("t", ["a", "b"], None, ["A", "A"], [1, 2]), logits)]
+    evaluated = [
+        json.loads(line)["prediction"]
+        for line in single.prediction_rows(Table("t", ["a", "b"], None, ["A", "A"], [1, 2]), logits)
+    ]
     assert evaluated == ["B", "A"] == single.outputs(single.probabilities(logits))["label"].to_pylist()

@@ -1,4 +1,5 @@
 """Unit tests of dropout settings and the CPU training speed-ups (precision choice, CPUDropout, clip_gradients)."""
+
 import time
 
 import pytest

@@ -1,5 +1,6 @@
 """SIGTERM / SIGUSR1 during training: checkpoint at the step, exit PREEMPTED (75), and the rerun ends
 with the weights of an uninterrupted run. On Slurm the batch script requeues on 75 (tests/test_slurm.py)."""
+
 import json
 import os
 import signal
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow  # training runs signalled mid-run, in their own processes
@@ -40,7 +40,11 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def test_sigterm_checkpoints_exits_75_and_resumes_to_the_same_weights(train_args, tmp_path):
-    args = [a for a in train_args if not a.startswith("output_dir=")] + ["trainer.epochs=10", "trainer.save_every=10", "trainer.eval_every=40"]
+    args = [a for a in train_args if not a.startswith("output_dir=")] + [
+        "trainer.epochs=10",
+        "trainer.save_every=10",
+        "trainer.eval_every=40",
+    ]
     run_cli("train", *args, f"output_dir={tmp_path / 'straight'}").check_returncode()
 
     run = tmp_path / "preempted"
@@ -61,9 +65,25 @@ def test_sigterm_checkpoints_exits_75_and_resumes_to_the_same_weights(train_args
 
 def test_sigusr1_to_torchrun_reaches_both_ranks_and_the_rerun_matches(train_args, tmp_path):
     """What Slurm's --signal=USR1@<s> does to the torchrun agent of a 2-process job."""
-    args = [a for a in train_args if not a.startswith("output_dir=")] + ["trainer.epochs=12", "trainer.save_every=4", "trainer.eval_every=24"]
-    torchrun = [sys.executable, "-m", "launcher.job.elastic", "--standalone", "--nproc_per_node", "2", "run.py", "train", *args]
-    subprocess.run([*torchrun, f"output_dir={tmp_path / 'straight'}"], cwd=ROOT, capture_output=True, check=True, timeout=600)
+    args = [a for a in train_args if not a.startswith("output_dir=")] + [
+        "trainer.epochs=12",
+        "trainer.save_every=4",
+        "trainer.eval_every=24",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "launcher.job.elastic",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "run.py",
+        "train",
+        *args,
+    ]
+    subprocess.run(
+        [*torchrun, f"output_dir={tmp_path / 'straight'}"], cwd=ROOT, capture_output=True, check=True, timeout=600
+    )
 
     run = tmp_path / "preempted"
     out = interrupt([*torchrun, f"output_dir={run}"], run, signal.SIGUSR1)
@@ -73,14 +93,31 @@ def test_sigusr1_to_torchrun_reaches_both_ranks_and_the_rerun_matches(train_args
 
     subprocess.run([*torchrun, f"output_dir={run}"], cwd=ROOT, capture_output=True, check=True, timeout=600)
     assert same_weights(tmp_path / "straight", run)
-    assert json.loads((run / "metrics.json").read_text())["steps"] == 48  # 120 rows / 16 / 2 ranks = 4 steps x 12 epochs
+    assert (
+        json.loads((run / "metrics.json").read_text())["steps"] == 48
+    )  # 120 rows / 16 / 2 ranks = 4 steps x 12 epochs
 
 
 def test_rerun_with_another_number_of_processes_is_refused_in_one_line(train_args, tmp_path):
-    args = [a for a in train_args if not a.startswith("output_dir=")] + ["trainer.epochs=1", f"output_dir={tmp_path / 'run'}"]
-    torchrun = [sys.executable, "-m", "launcher.job.elastic", "--standalone", "--nproc_per_node", "2", "run.py", "train", *args]
+    args = [a for a in train_args if not a.startswith("output_dir=")] + [
+        "trainer.epochs=1",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "launcher.job.elastic",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "run.py",
+        "train",
+        *args,
+    ]
     subprocess.run(torchrun, cwd=ROOT, capture_output=True, check=True, timeout=600)
     (tmp_path / "run" / "metrics.json").unlink()  # as if stopped before the end
     out = run_cli("train", *args)
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "written by 2 processes, this job has 1" in out.stderr and "start fresh with another output_dir" in out.stderr
+    assert (
+        "written by 2 processes, this job has 1" in out.stderr and "start fresh with another output_dir" in out.stderr
+    )

@@ -3,6 +3,7 @@ with and without accounting. Skipped, with the reason, only where the cluster ca
 
     bash tests/slurm/cluster.sh up [--no-accounting]; pytest -m slurm
 """
+
 import json
 import os
 import re
@@ -14,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import ROOT, make_rows, run_cli
 
 pytestmark = pytest.mark.slurm
@@ -32,9 +32,13 @@ def cluster(accounting: bool) -> None:
         if (subprocess.run(["sacct", "-n"], capture_output=True).returncode == 0) != accounting:
             pytest.skip(f"this cluster runs {'without' if accounting else 'with'} accounting")
         return
-    out = subprocess.run(["bash", str(CLUSTER), "up", *([] if accounting else ["--no-accounting"])],
-                         capture_output=True, text=True, timeout=1200)
-    if out.returncode == 3:
+    out = subprocess.run(
+        ["bash", str(CLUSTER), "up", *([] if accounting else ["--no-accounting"])],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if out.returncode == 3 and not os.environ.get("CI"):  # a laptop without root; CI must run this tier
         pytest.skip(f"no Slurm cluster here: {(out.stdout + out.stderr).strip().splitlines()[-1]}")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
@@ -84,7 +88,9 @@ def batch_log(handle: str) -> str:
 
 
 def replica_logs(handle: str) -> str:
-    return "\n".join(f"== {p.name}\n{p.read_text()}" for p in sorted((ROOT / "outputs" / "slurm").glob(f"slurm-{job_id(handle)}-*")))
+    return "\n".join(
+        f"== {p.name}\n{p.read_text()}" for p in sorted((ROOT / "outputs" / "slurm").glob(f"slurm-{job_id(handle)}-*"))
+    )
 
 
 def restarts(handle: str) -> int:
@@ -128,9 +134,18 @@ def test_status_from_the_exit_record_once_slurm_has_forgotten_the_job(tmp_path, 
 def tiny_train(tiny_model, data_dir: Path, epochs: int):
     for split, n, seed in (("train", 120, 0), ("validation", 30, 1), ("test", 30, 2)):
         pd.DataFrame(make_rows(n, seed)).to_csv(data_dir / f"{split}.csv", index=False)
-    return ["model.name=tiny", f"model.name_or_path={tiny_model}", "model.max_length=32", "data=files",
-            *(f"data.{s}={data_dir / s}.csv" for s in ("train", "validation", "test")),
-            f"trainer.epochs={epochs}", "trainer.batch_size=16", "trainer.precision=fp32", "optim.warmup_fraction=0", "optim.lr=5e-3"]
+    return [
+        "model.name=tiny",
+        f"model.name_or_path={tiny_model}",
+        "model.max_length=32",
+        "data=files",
+        *(f"data.{s}={data_dir / s}.csv" for s in ("train", "validation", "test")),
+        f"trainer.epochs={epochs}",
+        "trainer.batch_size=16",
+        "trainer.precision=fp32",
+        "optim.warmup_fraction=0",
+        "optim.lr=5e-3",
+    ]
 
 
 def test_two_node_train_then_evaluate_then_two_node_batch_infer(accounting_cluster, tiny_model, tmp_path):
@@ -143,17 +158,37 @@ def test_two_node_train_then_evaluate_then_two_node_batch_infer(accounting_clust
     ckpt = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)
     assert ckpt["world_size"] == 2 and ckpt["state"]["step"] == 16  # 120 rows / 16 per batch / 2 ranks x 4 epochs
 
-    evaluate = submit("components/evaluate.py:evaluate", *SMALL, "--checkpoint", str(run / "model"), "--",
-                      *[a for a in args if a.startswith("data")])
+    evaluate = submit(
+        "components/evaluate.py:evaluate",
+        *SMALL,
+        "--checkpoint",
+        str(run / "model"),
+        "--",
+        *[a for a in args if a.startswith("data")],
+    )
     assert wait(evaluate) == "SUCCEEDED", replica_logs(evaluate)[-4000:]
     (metrics,) = run.glob("eval-files-test-*/metrics.json")
     assert json.loads(metrics.read_text())["accuracy"] > 0.5
 
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "text": r["text"]}) + "\n" for i, r in enumerate(make_rows(600, 7))))
+    corpus.write_text(
+        "".join(json.dumps({"id": f"doc-{i}", "text": r["text"]}) + "\n" for i, r in enumerate(make_rows(600, 7)))
+    )
     started = time.time()
-    infer = submit("components/infer.py:batch_infer", "--nnodes", "2", *SMALL, "--model", str(run / "model"),
-                   "--input", str(corpus), "--output", str(tmp_path / "preds"), "--", "block_rows=50")
+    infer = submit(
+        "components/infer.py:batch_infer",
+        "--nnodes",
+        "2",
+        *SMALL,
+        "--model",
+        str(run / "model"),
+        "--input",
+        str(corpus),
+        "--output",
+        str(tmp_path / "preds"),
+        "--",
+        "block_rows=50",
+    )
     assert wait(infer) == "SUCCEEDED", replica_logs(infer)[-4000:]
     infer_seconds = time.time() - started
     preds = pd.read_parquet(tmp_path / "preds")
@@ -187,10 +222,25 @@ def test_batch_infer_requeued_mid_run_writes_every_id_once(accounting_cluster, t
     args = tiny_train(tiny_model, tmp_path, epochs=1)
     assert run_cli("train", *args, f"output_dir={tmp_path / 'run'}").returncode == 0
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "text": r["text"]}) + "\n" for i, r in enumerate(make_rows(20000, 3))))
+    corpus.write_text(
+        "".join(json.dumps({"id": f"doc-{i}", "text": r["text"]}) + "\n" for i, r in enumerate(make_rows(20000, 3)))
+    )
     out = tmp_path / "preds"
-    handle = submit("components/infer.py:batch_infer", "--nnodes", "2", *SMALL, "--model", str(tmp_path / "run" / "model"),
-                    "--input", str(corpus), "--output", str(out), "--", "block_rows=500", "batch_size=8")
+    handle = submit(
+        "components/infer.py:batch_infer",
+        "--nnodes",
+        "2",
+        *SMALL,
+        "--model",
+        str(tmp_path / "run" / "model"),
+        "--input",
+        str(corpus),
+        "--output",
+        str(out),
+        "--",
+        "block_rows=500",
+        "batch_size=8",
+    )
     deadline = time.time() + 300
     while len(list(out.glob("part-*"))) < 2 and time.time() < deadline:
         time.sleep(0.2)

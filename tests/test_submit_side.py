@@ -1,4 +1,5 @@
 """The submit side (components, AppDefs, override checks, schedulers) imports no ML stack: `torchx run --dryrun` stays fast."""
+
 import subprocess
 import sys
 import textwrap
@@ -7,7 +8,19 @@ from tests.conftest import ROOT
 
 # torch, transformers, ray and datasets are what the submit side must never need; the others are what made
 # a dryrun take seconds before (pandas, sklearn and scipy through the metrics, matplotlib through the plots)
-HEAVY = ("torch", "transformers", "ray", "datasets", "pandas", "sklearn", "scipy", "matplotlib", "seqeval", "rouge_score", "nltk")
+HEAVY = (
+    "torch",
+    "transformers",
+    "ray",
+    "datasets",
+    "pandas",
+    "sklearn",
+    "scipy",
+    "matplotlib",
+    "seqeval",
+    "rouge_score",
+    "nltk",
+)
 
 SUBMIT = textwrap.dedent("""
     import sys

@@ -1,4 +1,5 @@
 """End to end: the commands users run, on a tiny model built in a temp dir."""
+
 import json
 import os
 import signal
@@ -48,8 +49,15 @@ def test_torchx_train_then_evaluate(train_args, tiny_data, tmp_path):
         assert (run / name).stat().st_size > 0
     assert list((run / "tb").glob("events.out.tfevents.*"))
 
-    torchx_run("components/evaluate.py:evaluate", "--checkpoint", str(run / "model"), "--", "data=files",
-               f"data.train={tiny_data['train']}", f"data.test={tiny_data['test']}")
+    torchx_run(
+        "components/evaluate.py:evaluate",
+        "--checkpoint",
+        str(run / "model"),
+        "--",
+        "data=files",
+        f"data.train={tiny_data['train']}",
+        f"data.test={tiny_data['test']}",
+    )
     out = eval_dir(run)
     result = json.loads((out / "metrics.json").read_text())
     assert result["examples"] == 30 and result["accuracy"] > 0.5
@@ -72,7 +80,11 @@ def test_two_process_ddp_on_cpu(train_args, tmp_path):
 
 
 def test_kill_9_and_resume_matches_uninterrupted_run(train_args, tmp_path):
-    args = [a for a in train_args if not a.startswith("output_dir=")] + ["trainer.epochs=10", "trainer.save_every=10", "trainer.eval_every=20"]
+    args = [a for a in train_args if not a.startswith("output_dir=")] + [
+        "trainer.epochs=10",
+        "trainer.save_every=10",
+        "trainer.eval_every=20",
+    ]
     run_cli("train", *args, f"output_dir={tmp_path / 'straight'}").check_returncode()
 
     resumed = tmp_path / "resumed"
@@ -113,9 +125,21 @@ def test_multi_label_thresholds_saved_and_used(tiny_model, tmp_path):
     data = tmp_path / "ml.jsonl"
     pd.DataFrame(rows)[["text", "labels"]].to_json(data, orient="records", lines=True)
     run = tmp_path / "run"
-    out = run_cli("train", "task=multi_label", "model.name=tiny", f"model.name_or_path={tiny_model}", "data=files",
-                  f"data.train={data}", "data.label_column=labels", "trainer.epochs=6", "trainer.batch_size=16",
-                  "trainer.precision=fp32", "optim.lr=5e-3", "optim.warmup_fraction=0", f"output_dir={run}")
+    out = run_cli(
+        "train",
+        "task=multi_label",
+        "model.name=tiny",
+        f"model.name_or_path={tiny_model}",
+        "data=files",
+        f"data.train={data}",
+        "data.label_column=labels",
+        "trainer.epochs=6",
+        "trainer.batch_size=16",
+        "trainer.precision=fp32",
+        "optim.lr=5e-3",
+        "optim.warmup_fraction=0",
+        f"output_dir={run}",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["problem_type"] == "multi_label_classification"
@@ -131,13 +155,31 @@ def test_multi_label_thresholds_saved_and_used(tiny_model, tmp_path):
 
 
 def test_sentence_pairs(tiny_model, tmp_path):
-    rows = [{"premise": r["text"], "hypothesis": f"this is about {r['label']}" if i % 2 else "this is about weather",
-             "label": "yes" if i % 2 else "no"} for i, r in enumerate(make_rows(96, 3))]
+    rows = [
+        {
+            "premise": r["text"],
+            "hypothesis": f"this is about {r['label']}" if i % 2 else "this is about weather",
+            "label": "yes" if i % 2 else "no",
+        }
+        for i, r in enumerate(make_rows(96, 3))
+    ]
     data = tmp_path / "pairs.tsv"
     pd.DataFrame(rows).to_csv(data, sep="\t", index=False)
-    out = run_cli("train", "model.name=tiny", f"model.name_or_path={tiny_model}", "data=files", f"data.train={data}",
-                  "data.text_column=premise", "data.text_pair_column=hypothesis", "trainer.epochs=6", "trainer.batch_size=16",
-                  "trainer.precision=fp32", "optim.lr=5e-3", "optim.warmup_fraction=0", f"output_dir={tmp_path / 'run'}")
+    out = run_cli(
+        "train",
+        "model.name=tiny",
+        f"model.name_or_path={tiny_model}",
+        "data=files",
+        f"data.train={data}",
+        "data.text_column=premise",
+        "data.text_pair_column=hypothesis",
+        "trainer.epochs=6",
+        "trainer.batch_size=16",
+        "trainer.precision=fp32",
+        "optim.lr=5e-3",
+        "optim.warmup_fraction=0",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["validation"]["accuracy"] > 0.8
 
@@ -149,10 +191,18 @@ def test_relaunch_with_another_config_is_refused_and_evaluations_never_overwrite
     out = run_cli("train", *train_args, "trainer.max_steps=2", "optim.lr=1e-3")
     assert out.returncode == 2 and "optim.lr" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert (run / "config.yaml").read_bytes() == config
-    assert run_cli("train", *train_args, "trainer.max_steps=2", "trainer.log_every=1").returncode == 0  # same run: resumes
+    assert (
+        run_cli("train", *train_args, "trainer.max_steps=2", "trainer.log_every=1").returncode == 0
+    )  # same run: resumes
 
     # only the test file: evaluation needs no training data
-    alone = run_cli("evaluate", f"checkpoint={run}/model", "data=files", f"data.test={tiny_data['test']}", f"output_dir={tmp_path / 'e0'}")
+    alone = run_cli(
+        "evaluate",
+        f"checkpoint={run}/model",
+        "data=files",
+        f"data.test={tiny_data['test']}",
+        f"output_dir={tmp_path / 'e0'}",
+    )
     assert alone.returncode == 0, alone.stderr[-2000:]
     base = ["data=files", f"data.train={tiny_data['train']}"]
     # the run directory stands for its model/
@@ -163,4 +213,7 @@ def test_relaunch_with_another_config_is_refused_and_evaluations_never_overwrite
     assert len(list(run.glob("eval-files-test-*"))) == 2 and (first / "metrics.json").read_bytes() == metrics
     again = run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}")
     assert again.returncode == 2 and "overwrite=true" in again.stderr
-    assert run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}", "overwrite=true").returncode == 0
+    assert (
+        run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}", "overwrite=true").returncode
+        == 0
+    )

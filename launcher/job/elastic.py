@@ -7,6 +7,7 @@ worker that stopped on a signal after checkpointing (PREEMPTED) makes the Slurm 
 torchrun forwards SIGTERM to its workers but dies of SIGUSR1 (Slurm's --signal before the time
 limit), so the agent passes SIGUSR1 on to its children instead.
 """
+
 import os
 import signal
 import sys

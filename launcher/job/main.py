@@ -3,6 +3,7 @@
 Errors are one line on stderr: exit 2 for bad input or configuration (found before any work),
 1 for a failure during work. `--verbose` (or TEXT_RECIPES_VERBOSE=1) adds the traceback.
 """
+
 import importlib
 import logging
 import os
@@ -15,7 +16,7 @@ from launcher.compose import compose
 from recipes.errors import PREEMPTED, Preempted, RecipeError
 
 COMMANDS = ("train", "evaluate", "infer")
-USAGE = f"""usage: python run.py {{{','.join(COMMANDS)}}} [key=value ...] [--cfg job [--resolve]] [--verbose]
+USAGE = f"""usage: python run.py {{{",".join(COMMANDS)}}} [key=value ...] [--cfg job [--resolve]] [--verbose]
 
   key=value    Hydra overrides of conf/<command>.yaml, e.g. trainer.max_steps=100 data=files data.train=my.csv
   --cfg job    print the composed config and exit (--resolve: with interpolations resolved)
@@ -32,7 +33,9 @@ def _fail(message: str, code: int, verbose: bool) -> None:
 
 def _setup_logging() -> None:
     rank0 = os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(stream=sys.stdout, level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.WARNING, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+    )
     logging.getLogger("text_recipes").setLevel(logging.INFO if rank0 else logging.WARNING)
     from transformers.utils import logging as hf_logging
 

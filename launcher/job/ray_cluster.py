@@ -15,6 +15,7 @@ that is $TEXT_RECIPES_RAY_SECRET (on Kubernetes, from a Secret) or else ~/.confi
 The token is only in a 0600 file of this replica's private temp dir, which RAY_AUTH_TOKEN_PATH names:
 never in the job definition, a command line or a log.
 """
+
 import argparse
 import ctypes
 import hashlib
@@ -143,21 +144,41 @@ class RayNode:
     def __init__(self, workdir: Path, role_args: List[str], cpus: int, gpus: int):
         self.output = workdir / "ray-start.log"  # Ray's startup banner would bury the job's own output
         self.cmd = [
-            sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *role_args,
-            f"--temp-dir={workdir / 'ray'}", f"--num-cpus={cpus}", f"--num-gpus={gpus}", "--disable-usage-stats",
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--block",
+            *role_args,
+            f"--temp-dir={workdir / 'ray'}",
+            f"--num-cpus={cpus}",
+            f"--num-gpus={gpus}",
+            "--disable-usage-stats",
             # random ports: several nodes (replicas, jobs) on one machine must not collide
-            "--node-manager-port=0", "--object-manager-port=0", "--dashboard-agent-listen-port=0",
-            "--min-worker-port=0", "--max-worker-port=0",
+            "--node-manager-port=0",
+            "--object-manager-port=0",
+            "--dashboard-agent-listen-port=0",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
         ]
         self.proc: Optional[subprocess.Popen] = None
 
     def __enter__(self) -> "RayNode":
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-               "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # a node stops when the job is over: nothing to drain
+        env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        }  # a node stops when the job is over: nothing to drain
         with open(self.output, "wb") as out:
             # a session of its own: every process of the node is in one group that stop() can sweep
-            self.proc = subprocess.Popen(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         return self
 
     def failure(self) -> Optional[str]:
@@ -166,8 +187,10 @@ class RayNode:
             return None
         lines = self.output.read_text(errors="replace").strip().splitlines() or ["no output"]
         if any("InvalidAuthToken" in line for line in lines):
-            return (f"the Ray head refused this replica's token: the replicas do not share one Ray secret "
-                    f"(set {SECRET_ENV} from one Secret, or share {SECRET_FILE})")
+            return (
+                f"the Ray head refused this replica's token: the replicas do not share one Ray secret "
+                f"(set {SECRET_ENV} from one Secret, or share {SECRET_FILE})"
+            )
         return f"`ray start` exited with code {self.proc.returncode}: {lines[-1].strip()}"
 
     def __exit__(self, *exc) -> None:
@@ -213,14 +236,20 @@ def _check_head(node: RayNode) -> None:
 def run_head(args: argparse.Namespace, command: List[str], workdir: Path) -> int:
     host, port = args.head
     head_args = [
-        "--head", f"--port={port}", "--include-dashboard=false", "--dashboard-host=127.0.0.1",
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=false",
+        "--dashboard-host=127.0.0.1",
         # Ray's client server and dashboard API are served on the head whatever the flags; free ports keep jobs apart
-        f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-port={free_port()}",
     ]
     with RayNode(workdir, head_args, args.cpus, args.gpus) as node:
         wait_for_nodes(node, host, port, args.nnodes, args.join_timeout)
         _say(f"{args.nnodes} Ray node(s) up, head at {host}:{port}; running {' '.join(command)}")
-        driver = subprocess.Popen(command, env={**os.environ, "RAY_ADDRESS": f"{host}:{port}"}, preexec_fn=_die_with_parent)
+        driver = subprocess.Popen(
+            command, env={**os.environ, "RAY_ADDRESS": f"{host}:{port}"}, preexec_fn=_die_with_parent
+        )
         try:
             code = driver.wait()
         finally:
@@ -273,7 +302,7 @@ def parse(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser.add_argument("--gpus", type=int, default=0, help="GPUs this node offers to Ray")
     parser.add_argument("--join-timeout", type=float, default=600, help="seconds to wait for the other replicas")
     split = argv.index("--") if "--" in argv else len(argv)
-    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
+    args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
     if args.replica_id == 0 and not command:
         parser.error("replica 0 needs the driver command after --")
     return args, command

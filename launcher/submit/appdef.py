@@ -3,6 +3,7 @@
 Arguments are checked when the AppDef is built, so a typo fails at `torchx run --dryrun` or
 submit time, not after the job has waited for cluster nodes.
 """
+
 import argparse
 import re
 import shlex
@@ -23,8 +24,10 @@ from recipes.errors import RecipeError
 _SECRET_KEY = re.compile(r"TOKEN|SECRET|PASS|AUTH|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|COOKIE|KEY$|PAT$")
 # Values that are secrets whatever their key: Hugging Face, GitHub, OpenAI, AWS, Google keys, bearer tokens,
 # passwords inside URLs.
-_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}"
-                           r"|AIza[0-9A-Za-z_-]{30,}|Bearer\s+\S{8,})|://[^/\s:@]+:[^/\s@]+@")
+_SECRET_VALUE = re.compile(
+    r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_\w{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}"
+    r"|AIza[0-9A-Za-z_-]{30,}|Bearer\s+\S{8,})|://[^/\s:@]+:[^/\s@]+@"
+)
 _NOT_SECRET = {"TOKENIZERS_PARALLELISM", "RAY_AUTH_MODE"}  # settings, holding no secret
 HOW_TO_PASS_SECRETS = (
     "export it in the launching shell instead (local_cwd and slurm pass the environment through; "
@@ -67,7 +70,11 @@ def _fail(message: str) -> None:
 def check_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
     env = dict(env or {})
     for key, value in env.items():
-        if key.upper() not in _NOT_SECRET and _SECRET_KEY.search(key.upper()) or _SECRET_VALUE.search(str(value).strip()):
+        if (
+            key.upper() not in _NOT_SECRET
+            and _SECRET_KEY.search(key.upper())
+            or _SECRET_VALUE.search(str(value).strip())
+        ):
             _fail(f"--env {key}: looks like a secret and would be stored in the job definition; {HOW_TO_PASS_SECRETS}")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
@@ -75,8 +82,10 @@ def check_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
 
 def default_size(cpu: Optional[int], gpu: int, memMB: Optional[int]) -> Tuple[int, int]:
     """--cpu and --memMB, or what DEFAULT_SIZE and PER_GPU make of --gpu where they are not given."""
-    return (max(DEFAULT_SIZE[0], PER_GPU[0] * gpu) if cpu is None else _integer("cpu", cpu),
-            max(DEFAULT_SIZE[1], PER_GPU[1] * gpu) if memMB is None else _integer("memMB", memMB))
+    return (
+        max(DEFAULT_SIZE[0], PER_GPU[0] * gpu) if cpu is None else _integer("cpu", cpu),
+        max(DEFAULT_SIZE[1], PER_GPU[1] * gpu) if memMB is None else _integer("memMB", memMB),
+    )
 
 
 def _integer(arg: str, value) -> int:
@@ -86,17 +95,34 @@ def _integer(arg: str, value) -> int:
         _fail(f"--{arg}={value!r}: expected an integer")
 
 
-def check_job(name: str, nnodes: int, nproc_per_node: int, cpu: int, gpu: int, memMB: int, ports: Dict[str, int],
-              h: Optional[str] = None, max_retries: int = 0) -> None:
+def check_job(
+    name: str,
+    nnodes: int,
+    nproc_per_node: int,
+    cpu: int,
+    gpu: int,
+    memMB: int,
+    ports: Dict[str, int],
+    h: Optional[str] = None,
+    max_retries: int = 0,
+) -> None:
     if not _NAME.match(name):
-        _fail(f"--name {name!r}: use 1-36 lowercase letters, digits and '-', starting with a letter (Kubernetes and Slurm job names)")
+        _fail(
+            f"--name {name!r}: use 1-36 lowercase letters, digits and '-', starting with a letter (Kubernetes and Slurm job names)"
+        )
     if h is not None:
         try:
             specs.named_resources[h]
         except KeyError:
             _fail(f"-h {h}: not a registered named resource (see the torchx.named_resources entry points)")
-    for arg, value, least in (("nnodes", nnodes, 1), ("nproc_per_node", nproc_per_node, 1), ("cpu", cpu, 1), ("gpu", gpu, 0),
-                              ("memMB", memMB, 1), ("max_retries", max_retries, 0)):
+    for arg, value, least in (
+        ("nnodes", nnodes, 1),
+        ("nproc_per_node", nproc_per_node, 1),
+        ("cpu", cpu, 1),
+        ("gpu", gpu, 0),
+        ("memMB", memMB, 1),
+        ("max_retries", max_retries, 0),
+    ):
         if value < least:
             _fail(f"--{arg}={value}: must be at least {least}")
     for arg, port in ports.items():
@@ -140,14 +166,24 @@ def recipe_app(
     # one node: a free port on localhost; several: c10d store on the rank-0 host, as in torchx's dist.ddp
     endpoint = "localhost:0" if nnodes == 1 else _noquote(f"$${{{specs.macros.rank0_env}:=localhost}}:{rdzv_port}")
     cmd = [
-        "python3", "-m", "launcher.job.elastic",  # torchrun, reporting a failed worker in one line
-        "--rdzv_backend", "c10d",
-        "--rdzv_endpoint", endpoint,
-        "--rdzv_id", specs.macros.app_id,
-        "--nnodes", str(nnodes),
-        "--nproc_per_node", str(nproc_per_node),
-        "--tee", "3",
-        "run.py", command, *overrides,
+        "python3",
+        "-m",
+        "launcher.job.elastic",  # torchrun, reporting a failed worker in one line
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        endpoint,
+        "--rdzv_id",
+        specs.macros.app_id,
+        "--nnodes",
+        str(nnodes),
+        "--nproc_per_node",
+        str(nproc_per_node),
+        "--tee",
+        "3",
+        "run.py",
+        command,
+        *overrides,
     ]
     return specs.AppDef(
         name=name,

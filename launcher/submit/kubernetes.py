@@ -19,6 +19,7 @@ It submits the Volcano job that torchx 0.7.0 builds, with what a real cluster ne
 - refused in one line before anything is submitted: a job that writes to a path inside its pod (lost with the
   pod), a TPU slice run on other than one replica per host, a multi-replica batch_infer without its Ray secret.
 """
+
 import copy
 import posixpath
 import re
@@ -33,8 +34,8 @@ from torchx.specs import AppDef, InvalidRunConfigException, Role, macros, runopt
 from torchx.specs.finder import ComponentValidationException
 from torchx.util.strings import normalize_str
 
-from launcher.submit.named_resources import TPU, tpu_slice
 from launcher.submit.appdef import NEEDS
+from launcher.submit.named_resources import TPU, tpu_slice
 
 WORKDIR = "/app"  # the Dockerfile's WORKDIR
 MAX_NAME = 63  # a DNS label: pod names, hostnames, the job's Service
@@ -53,7 +54,9 @@ class _OverlayLoader(yaml.SafeLoader):
     pass
 
 
-_OverlayLoader.add_constructor("tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node)))
+_OverlayLoader.add_constructor(
+    "tag:yaml.org,2002:python/tuple", lambda loader, node: tuple(loader.construct_sequence(node))
+)
 
 
 def role_overlay(role: Role) -> Dict[str, Any]:
@@ -95,8 +98,10 @@ def with_tpu_env(role: Role) -> Role:
     if tpu is None:
         return role
     if role.num_replicas != tpu.hosts:
-        _fail(f"role {role.name}: a {tpu.accelerator_type} slice has {tpu.hosts} host(s), one replica each; "
-              f"run {tpu.hosts} replicas (--nnodes {tpu.hosts}), not {role.num_replicas}")
+        _fail(
+            f"role {role.name}: a {tpu.accelerator_type} slice has {tpu.hosts} host(s), one replica each; "
+            f"run {tpu.hosts} replicas (--nnodes {tpu.hosts}), not {role.num_replicas}"
+        )
     # Volcano's svc plugin names each pod <job>-<task>-0 and makes it a host of the subdomain <job>
     hosts = [f"{macros.app_id}-{normalize_str(f'{role.name}-{i}')}-0.{macros.app_id}" for i in range(tpu.hosts)]
     env = {
@@ -142,16 +147,20 @@ def check_needs(role: Role, pod: Dict[str, Any], workdir: str) -> None:
     container = pod["spec"]["containers"][0]  # the role's; an overlay may add others
     for env in needs.get("secret_env", []):
         if not any(e["name"] == env and "secretKeyRef" in e.get("valueFrom", {}) for e in container.get("env", [])):
-            _fail(f"{env}: this job reads it from a Kubernetes Secret; add -cfg secret_env={env}:SECRET/KEY "
-                  f"(kubectl create secret generic SECRET --from-literal=KEY=...)")
+            _fail(
+                f"{env}: this job reads it from a Kubernetes Secret; add -cfg secret_env={env}:SECRET/KEY "
+                f"(kubectl create secret generic SECRET --from-literal=KEY=...)"
+            )
     mounts = [m["mountPath"].rstrip("/") for m in container.get("volumeMounts", []) if m["mountPath"] != "/dev/shm"]
     for arg, location in needs.get("outputs", {}).items():
         if "://" in location and not location.startswith("file://"):
             continue
         path = posixpath.normpath(posixpath.join(workdir, location.removeprefix("file://")))
         if not any(path == m or path.startswith(f"{m}/") for m in mounts):
-            _fail(f"{arg} {location}: a path inside the pod, whose files are lost when it ends; "
-                  "on Kubernetes write to a bucket (gs://BUCKET/...) or a mounted volume")
+            _fail(
+                f"{arg} {location}: a path inside the pod, whose files are lost when it ends; "
+                "on Kubernetes write to a bucket (gs://BUCKET/...) or a mounted volume"
+            )
 
 
 class KubernetesScheduler(Scheduler[Dict[str, Any]]):
@@ -164,8 +173,12 @@ class KubernetesScheduler(Scheduler[Dict[str, Any]]):
     def _run_opts(self) -> runopts:
         opts = self._volcano._run_opts()
         opts.add("workdir", type_=str, default=WORKDIR, help="the container's working directory: the image's WORKDIR")
-        opts.add("secret_env", type_=List[str], default=None,
-                 help="environment variables from Kubernetes Secrets, ENV:SECRET/KEY;... (names, never values)")
+        opts.add(
+            "secret_env",
+            type_=List[str],
+            default=None,
+            help="environment variables from Kubernetes Secrets, ENV:SECRET/KEY;... (names, never values)",
+        )
         return opts
 
     def _submit_dryrun(self, app: AppDef, cfg: Dict[str, Any]) -> AppDryRunInfo[base.KubernetesJob]:

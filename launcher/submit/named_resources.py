@@ -9,6 +9,7 @@ them, and `gke_tpu_<version>_<topology>` one host of a TPU slice (all its chips)
 hosts runs one replica per host (`--nnodes` = `tpu_slice(resource).hosts`). Their capabilities are
 the node labels GKE puts on such nodes, which launcher/submit/kubernetes.py turns into nodeSelectors.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
@@ -26,12 +27,28 @@ TPU = "google.com/tpu"  # the TPU chips of a node, as GKE's device plugin names 
 
 # machine type: (vCPUs, memory in GiB), as Compute Engine defines them
 MACHINES = {
-    "g2-standard-8": (8, 32), "g2-standard-24": (24, 96), "g2-standard-48": (48, 192), "g2-standard-96": (96, 384),
-    "a2-highgpu-1g": (12, 85), "a2-highgpu-2g": (24, 170), "a2-highgpu-4g": (48, 340), "a2-highgpu-8g": (96, 680),
-    "a2-ultragpu-1g": (12, 170), "a2-ultragpu-2g": (24, 340), "a2-ultragpu-4g": (48, 680), "a2-ultragpu-8g": (96, 1360),
-    "a3-highgpu-1g": (26, 234), "a3-highgpu-2g": (52, 468), "a3-highgpu-4g": (104, 936), "a3-highgpu-8g": (208, 1872),
-    "ct5lp-hightpu-1t": (24, 48), "ct5lp-hightpu-4t": (112, 192), "ct5lp-hightpu-8t": (224, 384),
-    "ct6e-standard-1t": (44, 176), "ct6e-standard-4t": (180, 720), "ct6e-standard-8t": (180, 1440),
+    "g2-standard-8": (8, 32),
+    "g2-standard-24": (24, 96),
+    "g2-standard-48": (48, 192),
+    "g2-standard-96": (96, 384),
+    "a2-highgpu-1g": (12, 85),
+    "a2-highgpu-2g": (24, 170),
+    "a2-highgpu-4g": (48, 340),
+    "a2-highgpu-8g": (96, 680),
+    "a2-ultragpu-1g": (12, 170),
+    "a2-ultragpu-2g": (24, 340),
+    "a2-ultragpu-4g": (48, 680),
+    "a2-ultragpu-8g": (96, 1360),
+    "a3-highgpu-1g": (26, 234),
+    "a3-highgpu-2g": (52, 468),
+    "a3-highgpu-4g": (104, 936),
+    "a3-highgpu-8g": (208, 1872),
+    "ct5lp-hightpu-1t": (24, 48),
+    "ct5lp-hightpu-4t": (112, 192),
+    "ct5lp-hightpu-8t": (224, 384),
+    "ct6e-standard-1t": (44, 176),
+    "ct6e-standard-4t": (180, 720),
+    "ct6e-standard-8t": (180, 1440),
     "ct5p-hightpu-4t": (208, 448),
     "ct4p-hightpu-4t": (240, 407),
 }
@@ -54,7 +71,9 @@ class TpuVersion:
 
 
 TPU_VERSIONS = {
-    "v5e": TpuVersion("tpu-v5-lite-podslice", "v5litepod", 1, {1: "ct5lp-hightpu-1t", 4: "ct5lp-hightpu-4t", 8: "ct5lp-hightpu-8t"}),
+    "v5e": TpuVersion(
+        "tpu-v5-lite-podslice", "v5litepod", 1, {1: "ct5lp-hightpu-1t", 4: "ct5lp-hightpu-4t", 8: "ct5lp-hightpu-8t"}
+    ),
     "v6e": TpuVersion("tpu-v6e-slice", "v6e", 1, {1: "ct6e-standard-1t", 4: "ct6e-standard-4t", 8: "ct6e-standard-8t"}),
     "v5p": TpuVersion("tpu-v5p-slice", "v5p", 2, {4: "ct5p-hightpu-4t"}),
     "v4": TpuVersion("tpu-v4-podslice", "v4", 2, {4: "ct4p-hightpu-4t"}),
@@ -151,9 +170,16 @@ def tpu_slice(resource: Resource) -> Optional[TpuSlice]:
 
 NAMED_RESOURCES: Dict[str, Callable[[], Resource]] = {
     **{f"slurm_{gpu}_{n}": _slurm_gpu_node(n) for gpu in SLURM_GPUS for n in (1, 2, 4, 8)},
-    **{f"gke_{gpu}_{n}": _gke_gpu_node(label, machine, n) for gpu, (label, machines) in GKE_GPUS.items() for n, machine in machines.items()},
-    **{f"gke_tpu_{v}_{topology}": _gke_tpu_host(TPU_VERSIONS[v], topology, chips)
-       for v, slices in TPU_SLICES.items() for topology, chips in slices.items()},
+    **{
+        f"gke_{gpu}_{n}": _gke_gpu_node(label, machine, n)
+        for gpu, (label, machines) in GKE_GPUS.items()
+        for n, machine in machines.items()
+    },
+    **{
+        f"gke_tpu_{v}_{topology}": _gke_tpu_host(TPU_VERSIONS[v], topology, chips)
+        for v, slices in TPU_SLICES.items()
+        for topology, chips in slices.items()
+    },
 }
 
 globals().update(NAMED_RESOURCES)  # each entry point names a module attribute

@@ -10,6 +10,7 @@ It is torchx 0.7.0's SlurmScheduler (one heterogeneous sbatch job, one group per
 - GPUs: --gpus-per-node where the partition has gpu GRES, else whole nodes (--exclusive).
 Tested against Slurm 22.05 (Debian 12), with and without slurmdbd.
 """
+
 import csv
 import logging
 import os
@@ -23,7 +24,17 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 import torchx
 from torchx.schedulers import slurm_scheduler as base
 from torchx.schedulers.api import DescribeAppResponse, ListAppResponse, Stream, filter_regex, split_lines_iterator
-from torchx.specs import AppDef, AppState, InvalidRunConfigException, ReplicaStatus, Role, RoleStatus, is_terminal, macros, runopts
+from torchx.specs import (
+    AppDef,
+    AppState,
+    InvalidRunConfigException,
+    ReplicaStatus,
+    Role,
+    RoleStatus,
+    is_terminal,
+    macros,
+    runopts,
+)
 
 from recipes.errors import PREEMPTED
 
@@ -32,8 +43,16 @@ log = logging.getLogger(__name__)
 LOG_DIR = "outputs/slurm"
 SIGNAL_SECONDS = 120
 # scontrol's states beyond sacct's; anything unknown reads as UNKNOWN, never an assertion error
-STATES = {**base.SLURM_STATES, "COMPLETING": AppState.RUNNING, "CONFIGURING": AppState.PENDING, "REQUEUE_HOLD": AppState.PENDING,
-          "REQUEUE_FED": AppState.PENDING, "STOPPED": AppState.PENDING, "SPECIAL_EXIT": AppState.FAILED, "RESV_DEL_HOLD": AppState.PENDING}
+STATES = {
+    **base.SLURM_STATES,
+    "COMPLETING": AppState.RUNNING,
+    "CONFIGURING": AppState.PENDING,
+    "REQUEUE_HOLD": AppState.PENDING,
+    "REQUEUE_FED": AppState.PENDING,
+    "STOPPED": AppState.PENDING,
+    "SPECIAL_EXIT": AppState.FAILED,
+    "RESV_DEL_HOLD": AppState.PENDING,
+}
 
 
 def _state(slurm_state: str) -> AppState:
@@ -96,21 +115,43 @@ def _describe(app_id: str, rows: List[Dict[str, str]], source: str) -> Optional[
             continue
         roles.setdefault(role, Role(name=role, image="", num_replicas=0)).num_replicas += 1
         statuses.setdefault(role, RoleStatus(role, [])).replicas.append(
-            ReplicaStatus(id=int(replica), state=state, role=role, hostname=row.get("host", "")))
+            ReplicaStatus(id=int(replica), state=state, role=role, hostname=row.get("host", ""))
+        )
     # the job's state: a failed component fails it; it is done when every component is
-    order = [AppState.FAILED, AppState.CANCELLED, AppState.RUNNING, AppState.PENDING, AppState.SUBMITTED, AppState.UNKNOWN, AppState.SUCCEEDED]
+    order = [
+        AppState.FAILED,
+        AppState.CANCELLED,
+        AppState.RUNNING,
+        AppState.PENDING,
+        AppState.SUBMITTED,
+        AppState.UNKNOWN,
+        AppState.SUCCEEDED,
+    ]
     state, msg = min(states, key=lambda s: order.index(s[0]) if s[0] in order else len(order))
-    return DescribeAppResponse(app_id=app_id, roles=list(roles.values()), roles_statuses=list(statuses.values()), state=state,
-                               msg=f"{msg} ({source})")
+    return DescribeAppResponse(
+        app_id=app_id,
+        roles=list(roles.values()),
+        roles_statuses=list(statuses.values()),
+        state=state,
+        msg=f"{msg} ({source})",
+    )
 
 
 class SlurmScheduler(base.SlurmScheduler):
     def _run_opts(self) -> runopts:
         opts = super()._run_opts()
-        opts.add("signal_seconds", type_=int, default=SIGNAL_SECONDS,
-                 help="SIGUSR1 this many seconds before the time limit: training checkpoints and the job requeues (0: none)")
-        opts.add("gpu_request", type_=str, default="auto",
-                 help="auto (gpus-per-node where the partition has gpu GRES, else exclusive nodes), gres or exclusive")
+        opts.add(
+            "signal_seconds",
+            type_=int,
+            default=SIGNAL_SECONDS,
+            help="SIGUSR1 this many seconds before the time limit: training checkpoints and the job requeues (0: none)",
+        )
+        opts.add(
+            "gpu_request",
+            type_=str,
+            default="auto",
+            help="auto (gpus-per-node where the partition has gpu GRES, else exclusive nodes), gres or exclusive",
+        )
         return opts
 
     # ---- submit
@@ -120,11 +161,13 @@ class SlurmScheduler(base.SlurmScheduler):
         gpus = self._gpu_request(cfg)
         signal_seconds = cfg.get("signal_seconds", SIGNAL_SECONDS)
         for name, replica in req.replicas.items():
-            replica.srun_opts.update({
-                "output": f"{LOG_DIR}/slurm-{macros.app_id}-{name}.out",
-                "error": f"{LOG_DIR}/slurm-{macros.app_id}-{name}.err",
-                "open-mode": "append",  # a requeued job adds to its logs
-            })
+            replica.srun_opts.update(
+                {
+                    "output": f"{LOG_DIR}/slurm-{macros.app_id}-{name}.out",
+                    "error": f"{LOG_DIR}/slurm-{macros.app_id}-{name}.err",
+                    "open-mode": "append",  # a requeued job adds to its logs
+                }
+            )
             count = replica.sbatch_opts.pop("gpus-per-task", None)
             if count is not None:
                 if gpus == "gres":
@@ -142,7 +185,9 @@ class SlurmScheduler(base.SlurmScheduler):
     def _gpu_request(self, cfg) -> str:
         choice = cfg.get("gpu_request") or "auto"
         if choice not in ("auto", "gres", "exclusive"):
-            raise InvalidRunConfigException(f"gpu_request={choice!r}: expected auto, gres or exclusive", "gpu_request", cfg)
+            raise InvalidRunConfigException(
+                f"gpu_request={choice!r}: expected auto, gres or exclusive", "gpu_request", cfg
+            )
         if choice != "auto":
             return choice
         partition = cfg.get("partition")
@@ -153,7 +198,9 @@ class SlurmScheduler(base.SlurmScheduler):
 
     def schedule(self, dryrun_info) -> str:
         req = dryrun_info.request
-        os.makedirs(os.path.join(req.job_dir or "", LOG_DIR), exist_ok=True)  # sbatch opens --output before the script runs
+        os.makedirs(
+            os.path.join(req.job_dir or "", LOG_DIR), exist_ok=True
+        )  # sbatch opens --output before the script runs
         return super().schedule(dryrun_info)
 
     # ---- status
@@ -193,7 +240,13 @@ class SlurmScheduler(base.SlurmScheduler):
         for line in (out or "").splitlines():
             fields = dict(re.findall(r"(\w+)=(\S*)", line))
             if fields.get("JobId") == app_id or fields.get("HetJobId") == app_id:
-                rows.append({"name": fields.get("JobName", ""), "state": fields.get("JobState", ""), "host": fields.get("NodeList", "")})
+                rows.append(
+                    {
+                        "name": fields.get("JobName", ""),
+                        "state": fields.get("JobState", ""),
+                        "host": fields.get("NodeList", ""),
+                    }
+                )
         return _describe(app_id, rows, "scontrol")
 
     def _exit_record(self, app_id: str) -> Optional[DescribeAppResponse]:
@@ -205,11 +258,16 @@ class SlurmScheduler(base.SlurmScheduler):
         except OSError:
             return None
         if not code.isdigit():  # "requeued", and the job has gone from the queue since: it never ran again
-            return DescribeAppResponse(app_id=app_id, state=AppState.UNKNOWN, msg=f"requeued, no longer in the queue ({record})")
+            return DescribeAppResponse(
+                app_id=app_id, state=AppState.UNKNOWN, msg=f"requeued, no longer in the queue ({record})"
+            )
         roles = self._roles_from_logs(app_id)
         state = AppState.SUCCEEDED if code == "0" else AppState.FAILED
-        return _describe(app_id, [{"name": r, "state": "COMPLETED" if code == "0" else "FAILED"} for r in roles], f"exit {code} in {record}") \
-            or DescribeAppResponse(app_id=app_id, state=state, msg=f"exit {code} ({record})")
+        return _describe(
+            app_id,
+            [{"name": r, "state": "COMPLETED" if code == "0" else "FAILED"} for r in roles],
+            f"exit {code} in {record}",
+        ) or DescribeAppResponse(app_id=app_id, state=state, msg=f"exit {code} ({record})")
 
     def _roles_from_logs(self, app_id: str) -> List[str]:
         directory = os.path.dirname(self._job_file(app_id, "x"))
@@ -218,15 +276,19 @@ class SlurmScheduler(base.SlurmScheduler):
             names = os.listdir(directory)
         except OSError:
             return []
-        return sorted({n[len(prefix):].rsplit(".", 1)[0] for n in names if n.startswith(prefix) and n.endswith((".out", ".err"))})
+        return sorted(
+            {n[len(prefix) :].rsplit(".", 1)[0] for n in names if n.startswith(prefix) and n.endswith((".out", ".err"))}
+        )
 
     def _job_file(self, app_id: str, name: str) -> str:
         return os.path.join(base._get_job_dirs().get(app_id, ""), LOG_DIR, name)
 
     def list(self) -> List[ListAppResponse]:
         jobs: Dict[str, ListAppResponse] = {}
-        for command in (["sacct", "--parsable2", "--noheader", "--allocations", "-S1970-01-01T00:00:01", "--format=JobID,State"],
-                        ["squeue", "--noheader", "--format=%i|%T"]):
+        for command in (
+            ["sacct", "--parsable2", "--noheader", "--allocations", "-S1970-01-01T00:00:01", "--format=JobID,State"],
+            ["squeue", "--noheader", "--format=%i|%T"],
+        ):
             for line in (_run(command) or "").splitlines():
                 job_id, state = (line.split("|") + ["", ""])[:2]
                 job_id = job_id.split("+")[0]
@@ -247,8 +309,17 @@ class SlurmScheduler(base.SlurmScheduler):
         return sorted(jobs.values(), key=lambda j: int(j.app_id))
 
     # ---- logs
-    def log_iter(self, app_id: str, role_name: str, k: int = 0, regex: Optional[str] = None, since: Optional[datetime] = None,
-                 until: Optional[datetime] = None, should_tail: bool = False, streams: Optional[Stream] = None) -> Iterable[str]:
+    def log_iter(
+        self,
+        app_id: str,
+        role_name: str,
+        k: int = 0,
+        regex: Optional[str] = None,
+        since: Optional[datetime] = None,
+        until: Optional[datetime] = None,
+        should_tail: bool = False,
+        streams: Optional[Stream] = None,
+    ) -> Iterable[str]:
         if since or until:
             log.warning("since/until are ignored by the slurm scheduler: all log lines are returned")
         wanted = {Stream.STDOUT: ["out"], Stream.STDERR: ["err"]}.get(streams, ["out", "err"])

@@ -18,6 +18,7 @@ A task module defines
 
 The submit side imports task modules for Config, check and OPTIONS alone: heavy modules come through recipes.lazy.
 """
+
 import dataclasses
 import importlib
 import pkgutil
@@ -59,10 +60,18 @@ def typed(node: DictConfig) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), node)
     except ConfigKeyError as e:
-        raise RecipeError(f"task.{e.key}: unknown key for task={node.type}; keys: {', '.join(_fields(node.type))}") from None
+        raise RecipeError(
+            f"task.{e.key}: unknown key for task={node.type}; keys: {', '.join(_fields(node.type))}"
+        ) from None
     except ValidationError as e:
         converted = re.search(r"could not be converted to (\w+)", e.msg)
-        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(converted.group(1), converted.group(1)) if converted else e.msg
+        kind = (
+            {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(
+                converted.group(1), converted.group(1)
+            )
+            if converted
+            else e.msg
+        )
         raise RecipeError(f"task.{e.key}={e.value!r}: expected {kind}") from None
 
 
@@ -107,17 +116,23 @@ def of_model(config, where: str, options=None):
     saved = getattr(config, "text_recipes", None) or {}
     name = saved.get("task")
     if name is None:  # saved before tasks were recorded: classifiers only
-        name = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}.get(config.problem_type)
+        name = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}.get(
+            config.problem_type
+        )
     if name not in names():
         raise RecipeError(f"{where}: not a model trained by text-recipes (no task recorded in config.json)")
     # a model saved before the task config was: the task's defaults, and the settings saved beside the task
-    node = OmegaConf.merge(_defaults(name), {k: v for k, v in saved.items() if k in _fields(name)}, saved.get("task_config") or {})
+    node = OmegaConf.merge(
+        _defaults(name), {k: v for k, v in saved.items() if k in _fields(name)}, saved.get("task_config") or {}
+    )
     for key, value in (options or {}).items():
         if value is None:
             continue
         if key not in module(name).OPTIONS:
             allowed = ", ".join(f"task.{k}" for k in module(name).OPTIONS) or "none"
-            raise RecipeError(f"task.{key}={value!r}: not an option of a {name} model ({where}); its options: {allowed}")
+            raise RecipeError(
+                f"task.{key}={value!r}: not an option of a {name} model ({where}); its options: {allowed}"
+            )
         node[key] = value
     cfg = typed(node)
     check(cfg)

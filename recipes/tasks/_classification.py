@@ -1,5 +1,6 @@
 """What single- and multi-label classification share: text (or text-pair) rows, one label set, a sequence-classification
 head, precision/recall/F1 per class. SingleLabel and MultiLabel say how a row's labels read and how logits decide."""
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,13 @@ def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: List[str
     out = {}
     ids = list(range(len(labels)))
     for avg in ("micro", "macro"):
-        p, r, f, _ = sklearn_metrics.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
+        p, r, f, _ = sklearn_metrics.precision_recall_fscore_support(
+            y_true, y_pred, labels=ids, average=avg, zero_division=0
+        )
         out.update({f"precision_{avg}": float(p), f"recall_{avg}": float(r), f"f1_{avg}": float(f)})
-    p, r, f, s = sklearn_metrics.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    p, r, f, s = sklearn_metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=ids, average=None, zero_division=0
+    )
     out["per_class"] = {
         label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
         for i, label in enumerate(labels)
@@ -72,7 +77,11 @@ class Classification:
         rows = rows if rows is not None else list(range(1, len(df) + 1))
         data.require_columns(df, source, data_cfg, ("text_column", "text_pair_column", "label_column"))
         texts = data.texts(df[data_cfg.text_column], source, data_cfg.text_column, rows)
-        pairs = data.texts(df[data_cfg.text_pair_column], source, data_cfg.text_pair_column, rows) if data_cfg.text_pair_column else None
+        pairs = (
+            data.texts(df[data_cfg.text_pair_column], source, data_cfg.text_pair_column, rows)
+            if data_cfg.text_pair_column
+            else None
+        )
         labels = [self.row_label(v, source, row, data_cfg) for v, row in zip(df[data_cfg.label_column].tolist(), rows)]
         return Table(source, texts, pairs, labels, rows)
 
@@ -80,7 +89,9 @@ class Classification:
         """The label set, from the training split."""
         labels = sorted({l for ls in train.labels for l in (ls if isinstance(ls, list) else [ls])})
         if len(labels) < 2:
-            raise RecipeError(f"{train.source}: only one label ({labels[0] if labels else 'none'!r}) in the training data; need at least 2")
+            raise RecipeError(
+                f"{train.source}: only one label ({labels[0] if labels else 'none'!r}) in the training data; need at least 2"
+            )
         self.labels = labels
 
     @property
@@ -92,7 +103,9 @@ class Classification:
         for labels, row in zip(table.labels, table.rows):
             for label in labels if isinstance(labels, list) else [labels]:
                 if label not in known:
-                    raise RecipeError(f"{table.source} row {row}: label {label!r} was not seen in training (model labels: {', '.join(self.labels)})")
+                    raise RecipeError(
+                        f"{table.source} row {row}: label {label!r} was not seen in training (model labels: {', '.join(self.labels)})"
+                    )
 
     def encode(self, table: Table, tokenizer, max_length: int) -> data.Encoded:
         self.check_labels(table)
@@ -103,8 +116,13 @@ class Classification:
     # ---- model
     def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
         return model_loading.from_pretrained_quietly(
-            self.model_class(), name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-            label2id={l: i for i, l in enumerate(self.labels)}, problem_type=self.problem_type, attn_implementation=attn,
+            self.model_class(),
+            name_or_path,
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id={l: i for i, l in enumerate(self.labels)},
+            problem_type=self.problem_type,
+            attn_implementation=attn,
         )
 
     def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -114,6 +132,7 @@ class Classification:
     # ---- evaluation
     def predict(self, model, encoded: data.Encoded, rt, batch_size: int, dtype: torch.dtype, tokenizer) -> np.ndarray:
         """Logits, one row per example."""
+
         def logits(batch):
             batch.pop("labels")
             with torch.autocast(rt.device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -127,8 +146,13 @@ class Classification:
         chosen = self.chosen(probs)
         lines = []
         for i in range(len(table.rows)):
-            row = {"row": table.rows[i], "text": table.texts[i], "label": table.labels[i], "prediction": chosen[i],
-                   "scores": {self.labels[j]: round(float(v), 5) for j, v in enumerate(probs[i])}}
+            row = {
+                "row": table.rows[i],
+                "text": table.texts[i],
+                "label": table.labels[i],
+                "prediction": chosen[i],
+                "scores": {self.labels[j]: round(float(v), 5) for j, v in enumerate(probs[i])},
+            }
             if table.pairs:
                 row["text_pair"] = table.pairs[i]
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")

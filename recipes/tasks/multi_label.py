@@ -1,4 +1,5 @@
 """Multi-label classification: any number of labels per text, a sigmoid per label, thresholds tuned on validation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,7 +22,16 @@ data = lazy("recipes.data")
 model_loading = lazy("recipes.model")
 plots = lazy("recipes.plots")
 
-METRICS = ("accuracy", "f1_micro", "f1_macro", "precision_micro", "precision_macro", "recall_micro", "recall_macro", "loss")
+METRICS = (
+    "accuracy",
+    "f1_micro",
+    "f1_macro",
+    "precision_micro",
+    "precision_macro",
+    "recall_micro",
+    "recall_macro",
+    "loss",
+)
 OPTIONS = ("top_k", "all_scores")
 
 
@@ -44,7 +54,10 @@ def check(cfg) -> None:
 
 def metrics(predicted: np.ndarray, y: np.ndarray, labels: List[str]) -> Dict:
     """Exact-match accuracy (every label of a row right) and precision/recall/F1 of 0/1 label matrices."""
-    return {"accuracy": float((predicted == y).all(1).mean()), **precision_recall_f1(y.astype(int), predicted.astype(int), labels)}
+    return {
+        "accuracy": float((predicted == y).all(1).mean()),
+        **precision_recall_f1(y.astype(int), predicted.astype(int), labels),
+    }
 
 
 def tune_thresholds(probs: np.ndarray, y: np.ndarray, default: float, min_positives: int = 1) -> np.ndarray:
@@ -125,9 +138,17 @@ class MultiLabel(Classification):
         probs = self.probabilities(logits)
         if tune:
             t = self.cfg
-            self.thresholds = tune_thresholds(probs, y, t.threshold, t.tune_min_positives) if t.tune_thresholds else np.full(len(self.labels), t.threshold)
+            self.thresholds = (
+                tune_thresholds(probs, y, t.threshold, t.tune_min_positives)
+                if t.tune_thresholds
+                else np.full(len(self.labels), t.threshold)
+            )
         loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y).float()))
-        return {"loss": loss, **metrics(self.decide(probs), y, self.labels), "thresholds": [float(v) for v in self.thresholds]}
+        return {
+            "loss": loss,
+            **metrics(self.decide(probs), y, self.labels),
+            "thresholds": [float(v) for v in self.thresholds],
+        }
 
     def save(self, config, result: Dict) -> None:
         config.label_thresholds = {l: float(t) for l, t in zip(self.labels, result["thresholds"])}

@@ -5,6 +5,7 @@ an encoder-decoder warm-started from it on both sides (Rothe et al., 2020): the 
 made causal and its cross-attention is new, starting as a copy of the same layer's self-attention (see
 `start_cross_attention_from_self_attention`).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,13 +38,17 @@ ROUGE = ("rouge1", "rouge2", "rougeL")
 @dataclass
 class Config:
     type: str = MISSING
-    metric: str = MISSING  # validation metric that picks the best checkpoint: rougeL, rouge1, rouge2 (F-measures), or loss
+    metric: str = (
+        MISSING  # validation metric that picks the best checkpoint: rougeL, rouge1, rouge2 (F-measures), or loss
+    )
     max_target_length: int = MISSING  # target tokens kept for training (longer targets are truncated)
     num_beams: int = MISSING  # beam search when evaluating and scoring (saved with the model as its generation config)
     max_new_tokens: int = MISSING  # the longest generated text, in tokens
     length_penalty: float = MISSING  # > 1 favours longer outputs in beam search
     no_repeat_ngram_size: int = MISSING  # 0: repeats allowed
-    freeze_encoder: Optional[bool] = None  # None: frozen when warm-started from an encoder-only model, trained otherwise
+    freeze_encoder: Optional[bool] = (
+        None  # None: frozen when warm-started from an encoder-only model, trained otherwise
+    )
 
 
 def check(cfg) -> None:
@@ -101,7 +106,9 @@ class Seq2Seq:
         texts = data.texts(df[data_cfg.text_column], source, data_cfg.text_column, rows)
         for target, row in zip(df[data_cfg.label_column].tolist(), rows):
             if not isinstance(target, str) or not target.strip():
-                raise RecipeError(f"{source} row {row}: empty target in column {data_cfg.label_column!r}; expected the text to generate")
+                raise RecipeError(
+                    f"{source} row {row}: empty target in column {data_cfg.label_column!r}; expected the text to generate"
+                )
         return Table(source, texts, [t.strip() for t in df[data_cfg.label_column].tolist()], rows)
 
     def fit(self, train: Table) -> None:
@@ -123,8 +130,9 @@ class Seq2Seq:
         warm_started = not getattr(transformers.AutoConfig.from_pretrained(path), "is_encoder_decoder", False)
         if warm_started:
             with model_loading.quiet_loading():
-                model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(path, path, encoder_attn_implementation=attn,
-                                                                            decoder_attn_implementation=attn)
+                model = transformers.EncoderDecoderModel.from_encoder_decoder_pretrained(
+                    path, path, encoder_attn_implementation=attn, decoder_attn_implementation=attn
+                )
             start_cross_attention_from_self_attention(model.decoder)
             model.config.decoder_start_token_id = tokenizer.cls_token_id
             model.config.eos_token_id = tokenizer.sep_token_id
@@ -138,9 +146,14 @@ class Seq2Seq:
             # outputs rose from 0.13 to 0.24 in 310 steps at lr 1e-4) and costs a third of each step
             model.get_encoder().requires_grad_(False)
         model.generation_config = transformers.GenerationConfig(
-            decoder_start_token_id=model.config.decoder_start_token_id, eos_token_id=model.config.eos_token_id,
-            pad_token_id=model.config.pad_token_id, num_beams=c.num_beams, max_new_tokens=c.max_new_tokens,
-            length_penalty=c.length_penalty, no_repeat_ngram_size=c.no_repeat_ngram_size, early_stopping=c.num_beams > 1,
+            decoder_start_token_id=model.config.decoder_start_token_id,
+            eos_token_id=model.config.eos_token_id,
+            pad_token_id=model.config.pad_token_id,
+            num_beams=c.num_beams,
+            max_new_tokens=c.max_new_tokens,
+            length_penalty=c.length_penalty,
+            no_repeat_ngram_size=c.no_repeat_ngram_size,
+            early_stopping=c.num_beams > 1,
         )
         return model
 
@@ -148,7 +161,9 @@ class Seq2Seq:
         targets = batch.pop("labels")
         config = model.module.config if hasattr(model, "module") else model.config  # DDP wraps the model
         decoder_inputs = shift_right(targets, config.decoder_start_token_id, config.pad_token_id)
-        logits = model(**batch, decoder_input_ids=decoder_inputs, decoder_attention_mask=(targets != data.IGNORE).long()).logits
+        logits = model(
+            **batch, decoder_input_ids=decoder_inputs, decoder_attention_mask=(targets != data.IGNORE).long()
+        ).logits
         return logits.float(), targets
 
     def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -178,8 +193,16 @@ class Seq2Seq:
 
     def prediction_rows(self, table: Table, predictions: Predictions) -> List[str]:
         per_row = rouge_rows(table.targets, predictions.texts)
-        return [json.dumps({"row": row, "text": text, "reference": ref, "prediction": pred, "rougeL": round(r, 5)}, ensure_ascii=False) + "\n"
-                for row, text, ref, pred, r in zip(table.rows, table.texts, table.targets, predictions.texts, per_row["rougeL"])]
+        return [
+            json.dumps(
+                {"row": row, "text": text, "reference": ref, "prediction": pred, "rougeL": round(r, 5)},
+                ensure_ascii=False,
+            )
+            + "\n"
+            for row, text, ref, pred, r in zip(
+                table.rows, table.texts, table.targets, predictions.texts, per_row["rougeL"]
+            )
+        ]
 
     def plots(self, run, predictions: Predictions, encoded: data.Encoded) -> List[str]:
         per_row = rouge_rows(encoded.extra, predictions.texts)
@@ -191,7 +214,9 @@ class Seq2Seq:
         return blocks.token_ids(tokenizer, texts, None, max_length)
 
     def predict_block(self, runner, table: pa.Table) -> Dict[str, pa.Array]:
-        texts = runner.generate(blocks.column(table, "input_ids"), num_beams=self.cfg.num_beams, max_new_tokens=self.cfg.max_new_tokens)
+        texts = runner.generate(
+            blocks.column(table, "input_ids"), num_beams=self.cfg.num_beams, max_new_tokens=self.cfg.max_new_tokens
+        )
         return {"generated_text": pa.array(texts, pa.string())}
 
 

@@ -1,4 +1,5 @@
 """Single-label classification: one class per text (or text pair), softmax over the classes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +20,16 @@ sklearn_metrics = lazy("sklearn.metrics")
 data = lazy("recipes.data")
 plots = lazy("recipes.plots")
 
-METRICS = ("accuracy", "f1_micro", "f1_macro", "precision_micro", "precision_macro", "recall_micro", "recall_macro", "loss")
+METRICS = (
+    "accuracy",
+    "f1_micro",
+    "f1_macro",
+    "precision_micro",
+    "precision_macro",
+    "recall_micro",
+    "recall_macro",
+    "loss",
+)
 OPTIONS = ("all_scores",)
 
 
@@ -88,7 +98,9 @@ class SingleLabel(Classification):
 
     def plots(self, run, logits: np.ndarray, encoded: data.Encoded) -> List[str]:
         predicted = self.decide(self.probabilities(logits))
-        run.write("confusion_matrix.png", lambda path: plot_confusion(predicted, encoded.labels.numpy(), self.labels, path))
+        run.write(
+            "confusion_matrix.png", lambda path: plot_confusion(predicted, encoded.labels.numpy(), self.labels, path)
+        )
         return ["confusion_matrix.png"]
 
 

@@ -4,6 +4,7 @@ Words are split into sub-tokens; the first sub-token of each word carries its ta
 label_all_subtokens). Documents longer than model.max_length are cut into overlapping windows, and
 each word is predicted by the window where it sits farthest from an edge, so nothing is truncated.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,12 @@ OPTIONS = ()
 @dataclass
 class Config:
     type: str = MISSING
-    metric: str = MISSING  # validation metric that picks the best checkpoint: entity-level f1, precision, recall, or loss
-    label_all_subtokens: bool = MISSING  # false: only a word's first sub-token is labelled (the others are ignored by the loss)
+    metric: str = (
+        MISSING  # validation metric that picks the best checkpoint: entity-level f1, precision, recall, or loss
+    )
+    label_all_subtokens: bool = (
+        MISSING  # false: only a word's first sub-token is labelled (the others are ignored by the loss)
+    )
     window_overlap: int = MISSING  # sub-tokens shared by consecutive windows of a document longer than model.max_length
 
 
@@ -71,10 +76,14 @@ def _strings(value, source: str, row: int, column: str, what: str) -> List[str]:
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, list) or not value:
-        raise RecipeError(f"{source} row {row}: column {column!r} holds {type(value).__name__} {str(value)[:40]!r}; expected a non-empty list of {what}")
+        raise RecipeError(
+            f"{source} row {row}: column {column!r} holds {type(value).__name__} {str(value)[:40]!r}; expected a non-empty list of {what}"
+        )
     for v in value:
         if not isinstance(v, str) or not v.strip():
-            raise RecipeError(f"{source} row {row}: {what[:-1]} {v!r} in column {column!r}; expected a non-empty string")
+            raise RecipeError(
+                f"{source} row {row}: {what[:-1]} {v!r} in column {column!r}; expected a non-empty string"
+            )
     return [v.strip() for v in value]
 
 
@@ -108,7 +117,9 @@ class TokenClassification:
             words = _strings(words, source, row, data_cfg.text_column, "tokens")
             labels = _strings(labels, source, row, data_cfg.label_column, "tags")
             if len(words) != len(labels):
-                raise RecipeError(f"{source} row {row}: {len(words)} tokens but {len(labels)} tags; expected one tag per token")
+                raise RecipeError(
+                    f"{source} row {row}: {len(words)} tokens but {len(labels)} tags; expected one tag per token"
+                )
             bad = next((t for t in labels if not _is_bio(t)), None)
             if bad is not None:
                 raise RecipeError(f"{source} row {row}: tag {bad!r} is not a BIO tag; expected O, B-<type> or I-<type>")
@@ -133,12 +144,20 @@ class TokenClassification:
         for doc, row in zip(table.tags, table.rows):
             unknown = next((t for t in doc if t not in index), None)
             if unknown is not None:
-                raise RecipeError(f"{table.source} row {row}: tag {unknown!r} was not seen in training (model tags: {', '.join(self.labels)})")
+                raise RecipeError(
+                    f"{table.source} row {row}: tag {unknown!r} was not seen in training (model tags: {', '.join(self.labels)})"
+                )
         if not tokenizer.is_fast:
             raise RecipeError(f"{tokenizer.name_or_path}: token classification needs a fast tokenizer (word alignment)")
         overlap = min(self.cfg.window_overlap, max_length // 2)  # a window must move forward
-        enc = tokenizer(table.tokens, is_split_into_words=True, truncation=True, max_length=max_length, stride=overlap,
-                        return_overflowing_tokens=True)
+        enc = tokenizer(
+            table.tokens,
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            stride=overlap,
+            return_overflowing_tokens=True,
+        )
         docs = list(enc["overflow_to_sample_mapping"])
         words = [enc.word_ids(w) for w in range(len(docs))]
         labels = []
@@ -153,12 +172,20 @@ class TokenClassification:
                 previous = w
             labels.append(row)
         features = {k: enc[k] for k in ("input_ids", "token_type_ids") if k in enc}
-        return data.Encoded(features, np.array([len(x) for x in enc["input_ids"]]), labels, Windows(docs, words, table.tags))
+        return data.Encoded(
+            features, np.array([len(x) for x in enc["input_ids"]]), labels, Windows(docs, words, table.tags)
+        )
 
     # ---- model
     def new_model(self, name_or_path: str, attn: str, train: data.Encoded, tokenizer):
-        return model_loading.from_pretrained_quietly(self.model_class(), name_or_path, num_labels=len(self.labels), id2label=dict(enumerate(self.labels)),
-                                       label2id={l: i for i, l in enumerate(self.labels)}, attn_implementation=attn)
+        return model_loading.from_pretrained_quietly(
+            self.model_class(),
+            name_or_path,
+            num_labels=len(self.labels),
+            id2label=dict(enumerate(self.labels)),
+            label2id={l: i for i, l in enumerate(self.labels)},
+            attn_implementation=attn,
+        )
 
     def loss(self, model, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         targets = batch.pop("labels")
@@ -173,8 +200,10 @@ class TokenClassification:
                 logits = model(**batch).logits.float()
             losses = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=data.IGNORE, reduction="none").sum(1)
             counts = (targets != data.IGNORE).sum(1)
-            return [(lg[: int(n)].cpu().numpy(), float(l), int(c))
-                    for lg, n, l, c in zip(logits, batch["attention_mask"].sum(1), losses, counts)]
+            return [
+                (lg[: int(n)].cpu().numpy(), float(l), int(c))
+                for lg, n, l, c in zip(logits, batch["attention_mask"].sum(1), losses, counts)
+            ]
 
         out = predict.over_batches(model, encoded, rt, batch_size, tokenizer.pad_token_id, per_window)
         w = encoded.extra
@@ -189,23 +218,53 @@ class TokenClassification:
         return [self.labels[found[i][0]] if i in found else "O" for i in range(n_words)]
 
     def score(self, predictions: Predictions, encoded: data.Encoded, tune: bool = False) -> Dict:
-        report = seqeval_metrics.classification_report(encoded.extra.gold, predictions.tags, output_dict=True, zero_division=0)
+        report = seqeval_metrics.classification_report(
+            encoded.extra.gold, predictions.tags, output_dict=True, zero_division=0
+        )
         micro = report["micro avg"]
-        per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]), "support": int(v["support"])}
-                    for k, v in report.items() if not k.endswith(" avg")}
-        return {"loss": predictions.loss, "precision": float(micro["precision"]), "recall": float(micro["recall"]),
-                "f1": float(micro["f1-score"]), "per_type": per_type}
+        per_type = {
+            k: {
+                "precision": float(v["precision"]),
+                "recall": float(v["recall"]),
+                "f1": float(v["f1-score"]),
+                "support": int(v["support"]),
+            }
+            for k, v in report.items()
+            if not k.endswith(" avg")
+        }
+        return {
+            "loss": predictions.loss,
+            "precision": float(micro["precision"]),
+            "recall": float(micro["recall"]),
+            "f1": float(micro["f1-score"]),
+            "per_type": per_type,
+        }
 
     def save(self, config, result: Dict) -> None:
         pass
 
     def prediction_rows(self, table: Table, predictions: Predictions) -> List[str]:
         def spans(words, tags):
-            return [{"text": " ".join(words[s : e + 1]), "type": t, "start": s, "end": e + 1} for t, s, e in seqeval_labeling.get_entities(tags)]
+            return [
+                {"text": " ".join(words[s : e + 1]), "type": t, "start": s, "end": e + 1}
+                for t, s, e in seqeval_labeling.get_entities(tags)
+            ]
 
-        return [json.dumps({"row": row, "tokens": words, "tags": gold, "prediction": pred, "spans": spans(words, pred),
-                            "gold_spans": spans(words, gold)}, ensure_ascii=False) + "\n"
-                for row, words, gold, pred in zip(table.rows, table.tokens, table.tags, predictions.tags)]
+        return [
+            json.dumps(
+                {
+                    "row": row,
+                    "tokens": words,
+                    "tags": gold,
+                    "prediction": pred,
+                    "spans": spans(words, pred),
+                    "gold_spans": spans(words, gold),
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for row, words, gold, pred in zip(table.rows, table.tokens, table.tags, predictions.tags)
+        ]
 
     def plots(self, run, predictions: Predictions, encoded: data.Encoded) -> List[str]:
         result = self.score(predictions, encoded)
@@ -218,11 +277,25 @@ class TokenClassification:
     def encode_block(self, tokenizer, texts: List[str], pairs: Optional[List[str]], max_length: int) -> blocks.Encoded:
         if not texts:  # a block of bad rows only; tokenizers fail on empty lists
             empty = pa.array([], blocks.IDS)
-            return blocks.Encoded({"text": pa.array([], pa.string()), "windows": pa.array([], pa.list_(blocks.IDS)),
-                                   "word_ids": pa.array([], pa.list_(blocks.IDS)), "word_offsets": empty}, [])
-        enc = tokenizer(texts, truncation=True, max_length=max_length, stride=min(self.cfg.window_overlap, max_length // 2),
-                        return_overflowing_tokens=True, return_offsets_mapping=True, return_attention_mask=False,
-                        return_token_type_ids=False)
+            return blocks.Encoded(
+                {
+                    "text": pa.array([], pa.string()),
+                    "windows": pa.array([], pa.list_(blocks.IDS)),
+                    "word_ids": pa.array([], pa.list_(blocks.IDS)),
+                    "word_offsets": empty,
+                },
+                [],
+            )
+        enc = tokenizer(
+            texts,
+            truncation=True,
+            max_length=max_length,
+            stride=min(self.cfg.window_overlap, max_length // 2),
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         windows: List[list] = [[] for _ in texts]
         words: List[list] = [[] for _ in texts]
         spans: List[dict] = [{} for _ in texts]  # per text: word -> [first char, last char + 1]
@@ -239,14 +312,19 @@ class TokenClassification:
             "text": pa.array(texts, pa.string()),
             "windows": pa.array(windows, pa.list_(blocks.IDS)),
             "word_ids": pa.array(words, pa.list_(blocks.IDS)),
-            "word_offsets": pa.array([[c for i in range(n) for c in s.get(i, (0, 0))] for s, n in zip(spans, n_words)], blocks.IDS),
+            "word_offsets": pa.array(
+                [[c for i in range(n) for c in s.get(i, (0, 0))] for s, n in zip(spans, n_words)], blocks.IDS
+            ),
         }
         return blocks.Encoded(columns, [False] * len(texts))
 
     def predict_block(self, runner, table: pa.Table) -> Dict[str, pa.Array]:
         windows = table.column("windows").combine_chunks()
         owner = np.repeat(np.arange(len(windows)), pc.list_value_length(windows).to_numpy(zero_copy_only=False))
-        word_ids = [[None if i < 0 else i for i in w.tolist()] for w in blocks.lists(table.column("word_ids").combine_chunks().flatten())]
+        word_ids = [
+            [None if i < 0 else i for i in w.tolist()]
+            for w in blocks.lists(table.column("word_ids").combine_chunks().flatten())
+        ]
         best = merge_windows(runner.token_logits(blocks.lists(windows.flatten())), owner, word_ids, len(windows))
         texts, offsets = table.column("text").to_pylist(), blocks.column(table, "word_offsets")
         out = []
@@ -260,14 +338,27 @@ class TokenClassification:
         return {"spans": pa.array(out, SPANS_TYPE)}
 
 
-SPANS_TYPE = pa.list_(pa.struct([("text", pa.string()), ("type", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
-                                 ("score", pa.float32())]))
+SPANS_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("text", pa.string()),
+            ("type", pa.string()),
+            ("start", pa.int32()),
+            ("end", pa.int32()),
+            ("score", pa.float32()),
+        ]
+    )
+)
 
 
-def merge_windows(logits: List[np.ndarray], docs: List[int], words: List[List[Optional[int]]], n_docs: int) -> List[Dict[int, Tuple[int, float]]]:
+def merge_windows(
+    logits: List[np.ndarray], docs: List[int], words: List[List[Optional[int]]], n_docs: int
+) -> List[Dict[int, Tuple[int, float]]]:
     """Per document: word -> (tag id, its probability), from the window where the word's first sub-token sits
     farthest from an edge (the most context on both sides)."""
-    best: List[Dict[int, Tuple[int, int, float]]] = [{} for _ in range(n_docs)]  # word -> (distance, tag id, probability)
+    best: List[Dict[int, Tuple[int, int, float]]] = [
+        {} for _ in range(n_docs)
+    ]  # word -> (distance, tag id, probability)
     for window, doc, ids in zip(logits, docs, words):
         previous = None
         for pos, word in enumerate(ids[: len(window)]):

@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def prepare_data(data: Path, work: Path, train_rows: int, bench_rows: int):
-    """Training and validation files (the first rows; validation only with labels training has), and the benchmark input (the last rows)."""
+    """Training and validation files (the first rows; validation only with labels training has), and the benchmark
+    input (the last rows)."""
     train, validation, bench = (
         work / f"arxiv-{part}.jsonl"
         for part in (f"train-{train_rows}", f"validation-{train_rows}", f"bench-{bench_rows}")
@@ -109,7 +110,8 @@ def hf_pipeline(model_dir: str, titles, abstracts, batch_size: int) -> float:
 
 
 def loop(model_dir: str, titles, abstracts, precision: str):
-    """(rows/s, probabilities, precision): the in-process loop at batch_infer's CPU batch size, tokenization included."""
+    """(rows/s, probabilities, precision): the in-process loop at batch_infer's CPU batch size, tokenization
+    included."""
     import torch
     from transformers import AutoTokenizer
 
@@ -266,7 +268,8 @@ def main() -> None:
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
     print(
-        "\n| run | precision | rows/s | excl. Ray start | once models are loaded | decisions = fp32 | label sets = fp32 | F1 |\n"
+        "\n| run | precision | rows/s | excl. Ray start | once models are loaded "
+        "| decisions = fp32 | label sets = fp32 | F1 |\n"
         "|---|---|---|---|---|---|---|---|"
     )
     for r in results:

@@ -45,7 +45,8 @@ def main() -> None:
     print(f"\n{args.steps} steps at {result['samples_per_second']:.1f} samples/s; top operators by self CPU time:")
     for e in sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]:
         print(
-            f"{e.key:<48} {e.self_cpu_time_total / 1e6:>7.2f} s {100 * e.self_cpu_time_total / total:>5.1f} %  ({e.count} calls)"
+            f"{e.key:<48} {e.self_cpu_time_total / 1e6:>7.2f} s "
+            f"{100 * e.self_cpu_time_total / total:>5.1f} %  ({e.count} calls)"
         )
 
 

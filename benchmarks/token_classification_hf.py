@@ -1,6 +1,7 @@
 """Inspec keyphrases: Hugging Face Trainer run the way its run_ner example does, beside this recipe's default run.
 
-    python benchmarks/token_classification_hf.py --data ../shared/data/inspec --recipe-run outputs/inspec [--lr 5e-5 1e-4]
+    python benchmarks/token_classification_hf.py --data ../shared/data/inspec --recipe-run outputs/inspec \\
+        [--lr 5e-5 1e-4]
 
 HF side (one fresh process per learning rate): the packaged all-MiniLM-L6-v2 with a token-classification head,
 labels on the first sub-token of each word (-100 elsewhere), documents truncated to 256 sub-tokens, batch 16,
@@ -171,12 +172,14 @@ def main() -> None:
         rows.append(r)
         print(
             f"HF Trainer (run_ner), lr {lr:g}: test entity F1 {r['as_run_ner']['f1']:.3f} as run_ner scores it, "
-            f"{r['full']['f1']:.3f} on full documents ({r['truncated_documents']} truncated), train {r['train_seconds']:.0f} s",
+            f"{r['full']['f1']:.3f} on full documents ({r['truncated_documents']} truncated), "
+            f"train {r['train_seconds']:.0f} s",
             flush=True,
         )
     recipe = recipe_scores(args.recipe_run, args.data)
     print(
-        f"text-recipes default: test entity F1 {recipe['f1']:.3f} on full documents (P {recipe['precision']:.3f}, R {recipe['recall']:.3f})"
+        f"text-recipes default: test entity F1 {recipe['f1']:.3f} on full documents "
+        f"(P {recipe['precision']:.3f}, R {recipe['recall']:.3f})"
     )
     best = max(rows, key=lambda r: r["full"]["f1"])
     print(

@@ -193,7 +193,8 @@ def plot(summary: dict, path: Path, seeds: int, machine: dict) -> None:
     ax.set_xlim(0, max(s["samples_per_second"] + s["samples_per_second_std"] for s in summary.values()) * 1.6)
     precision = "bf16" if machine["bf16_matmul_faster"] else "fp32"
     ax.set_title(
-        f"MiniLM-L6 on 8,000 SST-2 sentences, batch 32, 1 epoch\n{machine['cpu']}; recipe picked {precision}, HF Trainer fp32",
+        f"MiniLM-L6 on 8,000 SST-2 sentences, batch 32, 1 epoch\n"
+        f"{machine['cpu']}; recipe picked {precision}, HF Trainer fp32",
         fontsize=10,
     )
     fig.tight_layout()
@@ -244,7 +245,8 @@ def main() -> None:
     print(f"\nmean over seeds {args.seeds}:")
     for name, s in summary.items():
         print(
-            f"{name:<28} {s['samples_per_second']:>7.1f} ± {s['samples_per_second_std']:<5.1f} samples/s   dev acc {s['dev_accuracy']:.4f} ± {s['dev_accuracy_std']:.4f}"
+            f"{name:<28} {s['samples_per_second']:>7.1f} ± {s['samples_per_second_std']:<5.1f} samples/s   "
+            f"dev acc {s['dev_accuracy']:.4f} ± {s['dev_accuracy_std']:.4f}"
         )
     report = {
         "machine": machine(),

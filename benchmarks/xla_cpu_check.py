@@ -56,7 +56,8 @@ def main() -> None:
     import torch_xla
 
     print(
-        f"torch {torch.__version__}, torch_xla {torch_xla.__version__}, {os.cpu_count()} CPUs; data: data/support_tickets, "
+        f"torch {torch.__version__}, torch_xla {torch_xla.__version__}, {os.cpu_count()} CPUs; "
+        "data: data/support_tickets, "
         f"model: the packaged MiniLM, {args.steps} steps of batch 32, dropout 0"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,5 @@
-"""Evaluate a trained classifier: ``torchx run components/evaluate.py:evaluate --checkpoint RUN/model -- [key=value ...]``."""
+"""Evaluate a trained classifier:
+``torchx run components/evaluate.py:evaluate --checkpoint RUN/model -- [key=value ...]``."""
 
 from typing import Dict, Optional
 

@@ -1,5 +1,6 @@
 """Batch-score files with a trained classifier on a Ray cluster spanning the job's replicas:
-``torchx run components/infer.py:batch_infer --model RUN/model --input DATA --output DIR [--nnodes N] -- [key=value ...]``."""
+``torchx run components/infer.py:batch_infer --model RUN/model --input DATA --output DIR [--nnodes N]
+-- [key=value ...]``."""
 
 from typing import Dict, Optional
 

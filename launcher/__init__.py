@@ -1,1 +1,2 @@
-"""What builds and starts jobs. compose.py runs on both sides; submit/ where `torchx run` runs; job/ inside each replica."""
+"""What builds and starts jobs. compose.py runs on both sides; submit/ where `torchx run` runs; job/ inside each
+replica."""

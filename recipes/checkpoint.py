@@ -75,7 +75,8 @@ class RunDir:
             path = path.parent
         if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
             raise RecipeError(
-                f"output_dir {self.url}: not writable ({path} is {'not a directory' if not path.is_dir() else 'read-only'})"
+                f"output_dir {self.url}: not writable "
+                f"({path} is {'not a directory' if not path.is_dir() else 'read-only'})"
             )
 
     def create(self) -> None:

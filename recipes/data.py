@@ -99,7 +99,8 @@ def _read_jsonl(text: str, source: str) -> pd.DataFrame:
             raise RecipeError(f"{source} line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(row, dict):
             raise RecipeError(
-                f'{source} line {n}: expected a JSON object {{"text": ..., "label": ...}}, got {type(row).__name__} {line.strip()[:40]}'
+                f'{source} line {n}: expected a JSON object {{"text": ..., "label": ...}}, '
+                f"got {type(row).__name__} {line.strip()[:40]}"
             )
         rows.append(row)
     return pd.DataFrame(rows, dtype=object)  # object: labels 1 and 0.0 stay what they are
@@ -133,7 +134,8 @@ def _read_delimited(text: str, source: str, fmt: str, cfg) -> pd.DataFrame:
         if len(row) != len(names):
             what = "tabs" if fmt == "tsv" else "commas (quote them), or a quote left open"
             raise RecipeError(
-                f"{source} line {line}: {len(row)} fields, expected {len(names)} ({', '.join(names)}); fields with {what}?"
+                f"{source} line {line}: {len(row)} fields, expected {len(names)} ({', '.join(names)}); "
+                f"fields with {what}?"
             )
     return pd.DataFrame(rows, columns=names, dtype=str)
 
@@ -152,9 +154,8 @@ def read_hub(cfg, split: str) -> pd.DataFrame:
     try:
         return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split).to_pandas()
     except Exception as e:  # offline, unknown id or split: datasets raises many kinds
-        raise RecipeError(
-            f"data.hub_id={cfg.hub_id} split {split!r}: cannot load ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
-        ) from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"data.hub_id={cfg.hub_id} split {split!r}: cannot load ({reason})") from None
 
 
 def require_columns(df: pd.DataFrame, source: str, cfg, keys: Sequence[str]) -> None:
@@ -173,7 +174,8 @@ def texts(col: pd.Series, source: str, name: str, rows: List[int]) -> List[str]:
             raise RecipeError(f"{source} row {row}: empty text in column {name!r}")
         if isinstance(text, (list, np.ndarray)):
             raise RecipeError(
-                f"{source} row {row}: column {name!r} holds a list of tokens, expected a string (token lists: task=token_classification)"
+                f"{source} row {row}: column {name!r} holds a list of tokens, expected a string "
+                "(token lists: task=token_classification)"
             )
         if not isinstance(text, str):
             raise RecipeError(
@@ -197,12 +199,14 @@ def class_name(value, source: str, row: int, column: str) -> str:
     if isinstance(value, numbers.Real):
         if not float(value).is_integer():
             raise RecipeError(
-                f"{source} row {row}: label {value!r} in column {column!r} is not a class name; expected a string or an integer"
+                f"{source} row {row}: label {value!r} in column {column!r} is not a class name; "
+                "expected a string or an integer"
             )
         return str(int(value))
     if not isinstance(value, str):
         raise RecipeError(
-            f"{source} row {row}: label in column {column!r} is {type(value).__name__} {value!r}; expected a string or an integer"
+            f"{source} row {row}: label in column {column!r} is {type(value).__name__} {value!r}; "
+            "expected a string or an integer"
         )
     return value.strip()
 

@@ -40,7 +40,8 @@ def check_output_dir(run: RunDir, overwrite: bool) -> None:
         )
     if "metrics.json" in names and not overwrite:
         raise RecipeError(
-            f"output_dir {run.url}: holds an earlier evaluation; pass overwrite=true to replace it, or another output_dir"
+            f"output_dir {run.url}: holds an earlier evaluation; "
+            "pass overwrite=true to replace it, or another output_dir"
         )
 
 
@@ -55,7 +56,8 @@ def evaluate(cfg, rt: Runtime) -> dict:
     tables = data.load_splits(cfg.data, task, needed=(cfg.split,))
     if cfg.split not in tables:
         raise RecipeError(
-            f"data.{cfg.split}: no {cfg.split} split in data={cfg.data.name} (give data.{cfg.split}=path, or set data.split to carve it out of train)"
+            f"data.{cfg.split}: no {cfg.split} split in data={cfg.data.name} "
+            f"(give data.{cfg.split}=path, or set data.split to carve it out of train)"
         )
     table = tables[cfg.split]
     encoded = task.encode(table, tokenizer, tokenizer.model_max_length)

@@ -99,7 +99,8 @@ def ray_session():
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     # every unit (one encoded input block, a few KB and up) its own Ray block: merged into one, a read task's units
-    # would all go to one actor; a repartition would need a whole CPU per task, which 2-core nodes lack beside the actors
+    # would all go to one actor; a repartition would need a whole CPU per task, which 2-core nodes lack beside the
+    # actors
     ctx.target_max_block_size = 1
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)  # "token authentication is enabled"
     for handler in logging.getLogger(
@@ -146,15 +147,15 @@ def _pool_size(cfg) -> int:
         actors = max(1, int(cpus // cfg.threads_per_actor))
     if actors < 1 or actors * cfg.gpus_per_actor > gpus:
         raise RecipeError(
-            f"gpus_per_actor={cfg.gpus_per_actor:g}: {actors or 1} actor(s) need {max(actors, 1) * cfg.gpus_per_actor:g} GPUs; "
-            f"the Ray cluster has {gpus:g}"
+            f"gpus_per_actor={cfg.gpus_per_actor:g}: {actors or 1} actor(s) "
+            f"need {max(actors, 1) * cfg.gpus_per_actor:g} GPUs; the Ray cluster has {gpus:g}"
         )
     from recipes.infer_pipeline import READ_CPUS
 
     if actors * cfg.cpus_per_actor + READ_CPUS > cpus:
         raise RecipeError(
-            f"actors={actors} x cpus_per_actor={cfg.cpus_per_actor:g} leaves no CPU for the read tasks on a Ray cluster "
-            f"of {cpus:g} CPUs (they need {READ_CPUS}); lower actors or cpus_per_actor"
+            f"actors={actors} x cpus_per_actor={cfg.cpus_per_actor:g} leaves no CPU for the read tasks on a Ray "
+            f"cluster of {cpus:g} CPUs (they need {READ_CPUS}); lower actors or cpus_per_actor"
         )
     return actors
 
@@ -205,7 +206,8 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
         BlockSource(files, read_spec, _skip(markers)),
         override_num_blocks=len(files),  # one read task per file, its blocks never split
         num_cpus=READ_CPUS,
-        scheduling_strategy="SPREAD",  # read where the CPUs are; also keeps reads out of the actors (no operator fusion)
+        # read where the CPUs are; also keeps reads out of the actors (no operator fusion)
+        scheduling_strategy="SPREAD",
     )
     ds = ds.map_batches(
         Predictor,
@@ -265,7 +267,8 @@ def infer(cfg) -> dict:
     finished = prepare(out, job, cfg.overwrite)
     if finished is not None:
         print(
-            f"output: {cfg.output} (complete already: {finished['predicted']} rows predicted, {finished['skipped']} skipped)"
+            f"output: {cfg.output} "
+            f"(complete already: {finished['predicted']} rows predicted, {finished['skipped']} skipped)"
         )
         return finished
     markers = committed(out)

@@ -86,7 +86,8 @@ def list_files(spec: str, fmt: Optional[str], columns: Columns) -> List[InputFil
             found = {p: info for p, info in fs.find(path, detail=True).items() if _known(p, fmt)}
             if not found:
                 raise RecipeError(
-                    f"input={spec}: no .jsonl, .csv, .tsv or .parquet files in this directory (set format=... for other names)"
+                    f"input={spec}: no .jsonl, .csv, .tsv or .parquet files in this directory "
+                    "(set format=... for other names)"
                 )
         elif fs.isfile(path):
             found = {path: fs.info(path)}
@@ -103,11 +104,13 @@ def list_files(spec: str, fmt: Optional[str], columns: Columns) -> List[InputFil
         found_fmt = data_format(fmt, p)
         if found_fmt is None:
             raise RecipeError(
-                f"{url}: unknown file format; expected .jsonl, .csv, .tsv or .parquet (optionally .gz, .bz2, .xz), or set format=..."
+                f"{url}: unknown file format; expected .jsonl, .csv, .tsv or .parquet (optionally .gz, .bz2, .xz), "
+                "or set format=..."
             )
         if found_fmt == "parquet" and infer_compression(p):
             raise RecipeError(
-                f"{url}: compressed Parquet files cannot be streamed; decompress it (Parquet compresses its pages itself)"
+                f"{url}: compressed Parquet files cannot be streamed; "
+                "decompress it (Parquet compresses its pages itself)"
             )
         present = peek_columns(url, found_fmt, columns)
         id_column = _check_columns(url, present, columns)

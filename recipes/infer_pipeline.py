@@ -78,7 +78,8 @@ def _unpack(data: bytes) -> pa.Table:
 
 
 def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) -> pa.Table:
-    """One row per input row: id, line, the task's encoded columns (null for a bad row), and the reason a row is reported."""
+    """One row per input row: id, line, the task's encoded columns (null for a bad row), and the reason a row is
+    reported."""
     reasons = [e[0] if e else None for e in block.errors]
     details = [e[1] if e else None for e in block.errors]
     good = [i for i, e in enumerate(block.errors) if e is None]
@@ -173,7 +174,8 @@ class Predictor:
     def _download(model_dir: str) -> str:
         if not storage.is_remote(model_dir):
             raise RecipeError(
-                f"model_dir={model_dir}: not found on node {socket.gethostname()}; use a shared filesystem or a gs:// URL"
+                f"model_dir={model_dir}: not found on node {socket.gethostname()}; "
+                "use a shared filesystem or a gs:// URL"
             )
         local = Path(tempfile.mkdtemp(prefix="text-recipes-model-"))  # private: actors on one node do not race
         storage.download(model_dir.rstrip("/") + "/", local)

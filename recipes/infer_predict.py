@@ -27,7 +27,8 @@ def resolve_precision(precision: str, device: torch.device) -> Tuple[str, torch.
 
 def default_batch_size(precision: str, use_gpu: bool) -> int:
     """Rows per forward pass when infer's batch_size is null. Measured on a 2-core Xeon, one thread, MiniLM on
-    ~128-token rows: fp32 runs at the same rate from 4 to 16 rows (and slower at 64), int8 ~5 % faster at 8 than at 16."""
+    ~128-token rows: fp32 runs at the same rate from 4 to 16 rows (and slower at 64), int8 ~5 % faster at 8 than
+    at 16."""
     if use_gpu:
         return 64
     return 8 if precision == "int8" else 16

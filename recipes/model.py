@@ -63,7 +63,8 @@ def load_tokenizer(name_or_path: str, max_length: Optional[int] = None):
     # without its files AutoTokenizer builds an empty vocabulary and every text becomes [UNK]s
     if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
         raise RecipeError(
-            f"model {name_or_path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the tokenizer with the model"
+            f"model {name_or_path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+            "save the tokenizer with the model"
         )
     tokenizer = from_pretrained(AutoTokenizer, name_or_path)
     if max_length:
@@ -126,7 +127,8 @@ class CPUDropout(torch.nn.Dropout):
 
 
 def set_dropout(model: torch.nn.Module, p: Optional[float]) -> None:
-    """Every dropout in the model (hidden, attention, classifier) drops with probability p; None keeps the model's own."""
+    """Every dropout in the model (hidden, attention, classifier) drops with probability p; None keeps the model's
+    own."""
     if p is None:
         return
     for module in model.modules():

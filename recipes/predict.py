@@ -18,7 +18,8 @@ def over_batches(
     pad_id: int,
     fn: Callable[[Dict[str, torch.Tensor]], List],
 ) -> List:
-    """fn(batch on the device) -> one result per example of the batch; returns every example's, in input order, on every rank."""
+    """fn(batch on the device) -> one result per example of the batch; returns every example's, in input order, on
+    every rank."""
     # XLA's lazy tensors cannot be inference tensors: training would meet them again after evaluation
     with torch.no_grad() if rt.xla else torch.inference_mode():
         return _over_batches(model, encoded, rt, batch_size, pad_id, fn)

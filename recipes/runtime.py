@@ -33,7 +33,8 @@ class Runtime:
         return self.device.type == "xla"
 
     def batch_width(self, longest: int) -> int:
-        """How wide to pad a batch: to its longest example, except on XLA, where every new shape compiles a new program."""
+        """How wide to pad a batch: to its longest example, except on XLA, where every new shape compiles a new
+        program."""
         if not self.xla:
             return longest
         from recipes import xla
@@ -77,7 +78,8 @@ def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
 
         if not xla.available():
             raise RecipeError(
-                f"{key}=tpu: torch_xla is not installed (it needs torch 2.9: pip install '.[tpu]' in its own environment)"
+                f"{key}=tpu: torch_xla is not installed "
+                "(it needs torch 2.9: pip install '.[tpu]' in its own environment)"
             )
         if world_size > 1:
             xla.init_process_group()
@@ -85,7 +87,8 @@ def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
         return Runtime(xla.device(), rank, local_rank, world_size)
     if device == "cuda" and not torch.cuda.is_available():
         raise RecipeError(
-            f"{key}=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); use device=auto or cpu"
+            f"{key}=cuda: no CUDA device is visible to this process (torch.cuda.is_available() is False); "
+            "use device=auto or cpu"
         )
     if device == "cuda":
         torch.cuda.set_device(local_rank)
@@ -117,7 +120,8 @@ class StopSignals:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """bf16 where the hardware multiplies in bf16 faster than in fp32 (CUDA with bf16, XLA, CPUs where it measures so), else fp32."""
+    """bf16 where the hardware multiplies in bf16 faster than in fp32 (CUDA with bf16, XLA, CPUs where it measures
+    so), else fp32."""
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":

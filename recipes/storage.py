@@ -57,7 +57,8 @@ NO_CREDENTIALS = (
 
 
 def gcs_emulator() -> str:
-    """The GCS emulator's address from STORAGE_EMULATOR_HOST (as gcsfs and google-cloud-storage read it); "" for real GCS."""
+    """The GCS emulator's address from STORAGE_EMULATOR_HOST (as gcsfs and google-cloud-storage read it); "" for
+    real GCS."""
     host = os.environ.get("STORAGE_EMULATOR_HOST", "")
     return "" if host in ("", "default") else host
 

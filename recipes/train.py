@@ -106,7 +106,8 @@ def plot_training_curve(history: list, metric: str, path: str) -> None:
 
 
 def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Runtime, result=None) -> None:
-    """Write model/ (weights, config with the task, its config, label maps and settings, the input columns; tokenizer) atomically."""
+    """Write model/ (weights, config with the task, its config, label maps and settings, the input columns;
+    tokenizer) atomically."""
     # evaluation and batch inference read the task, its settings and the same columns by default
     model.config.text_recipes = {
         "task": task.name,
@@ -125,7 +126,8 @@ def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Run
 
 
 class Recipe:
-    """One training run: set up in __init__ (data, model, optimizer, resume); train() drives step / evaluate / save_checkpoint."""
+    """One training run: set up in __init__ (data, model, optimizer, resume); train() drives step / evaluate /
+    save_checkpoint."""
 
     def __init__(self, cfg, rt: Runtime):
         self.cfg, self.tc, self.rt = cfg, cfg.trainer, rt
@@ -166,7 +168,8 @@ class Recipe:
         self.steps_per_epoch = math.ceil(batches / tc.grad_accum_steps)
         if self.steps_per_epoch == 0:
             raise RecipeError(
-                f"{self.train_source}: {len(self.train_data.lengths)} examples are too few for {rt.world_size} processes"
+                f"{self.train_source}: {len(self.train_data.lengths)} examples are too few "
+                f"for {rt.world_size} processes"
             )
         self.total_steps = tc.max_steps if tc.max_steps > 0 else tc.epochs * self.steps_per_epoch
         try:
@@ -210,11 +213,13 @@ class Recipe:
             return
         if ckpt["labels"] != self.labels:
             raise RecipeError(
-                f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {self.labels}; use a new output_dir"
+                f"{run.url}: its checkpoint was trained on labels {ckpt['labels']}, this data has {self.labels}; "
+                "use a new output_dir"
             )
         if ckpt["world_size"] != rt.world_size:
             raise RecipeError(
-                f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes, this job has {rt.world_size}; "
+                f"{run.url}: its checkpoint was written by {ckpt['world_size']} processes, "
+                f"this job has {rt.world_size}; "
                 f"resume with {ckpt['world_size']} (nnodes x nproc_per_node), or start fresh with another output_dir"
             )
         self.model.load_state_dict(ckpt["model"])

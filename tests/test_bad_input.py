@@ -143,7 +143,8 @@ def test_unseen_label_at_evaluation(train_args, tiny_data, tmp_path):
         "evaluate", f"checkpoint={model}", "data=files", f"data.train={tiny_data['train']}", f"data.test={test}"
     )
     error_line(out, "new_labels.csv", "row 9", "'returns'")
-    # evaluate writes to <run>/eval-<data>-<split>-<hash of the data config>: nothing finished there, or anywhere in the run
+    # evaluate writes to <run>/eval-<data>-<split>-<hash of the data config>: nothing finished there, or anywhere in
+    # the run
     assert not [
         p.relative_to(tmp_path)
         for p in (tmp_path / "run").glob("eval-*/*")

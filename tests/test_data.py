@@ -15,6 +15,7 @@ from recipes.errors import RecipeError
 from recipes.tasks._classification import Table
 from recipes.tasks.multi_label import MultiLabel
 from recipes.tasks.single_label import SingleLabel
+from tests.conftest import ROOT, make_rows
 
 
 def task(multi_label: bool, labels=None):
@@ -25,9 +26,6 @@ def labels_of(table, multi_label: bool):
     t = task(multi_label)
     t.fit(table)
     return t.labels
-
-
-from tests.conftest import ROOT, make_rows
 
 
 def make_cfg(**overrides):

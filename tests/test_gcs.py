@@ -27,7 +27,8 @@ from tests.test_infer import LABELS, kill_9_job, reference, save_classifier
 
 pytestmark = pytest.mark.gcs  # against a GCS emulator (gcp-storage-emulator), started per test
 
-# gcsfs/gRPC noise: the bucket-layout probe ("Could not determine bucket type ..."), its gRPC handshakes, credential lookups
+# gcsfs/gRPC noise: the bucket-layout probe ("Could not determine bucket type ..."), its gRPC handshakes,
+# credential lookups
 NOISE = re.compile(r"gcsfs|bucket type|storage ?layout|HNS|grpc|ssl_transport|[Cc]redentials|Traceback")
 
 

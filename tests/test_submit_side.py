@@ -1,4 +1,5 @@
-"""The submit side (components, AppDefs, override checks, schedulers) imports no ML stack: `torchx run --dryrun` stays fast."""
+"""The submit side (components, AppDefs, override checks, schedulers) imports no ML stack: `torchx run --dryrun`
+stays fast."""
 
 import subprocess
 import sys
@@ -32,9 +33,15 @@ SUBMIT = textwrap.dedent("""
     apps = [
         train("task=multi_label", "task.top_k=5", output_dir="gs://b/r1"),
         train("task=token_classification", "data=inspec", "task.window_overlap=8", output_dir="gs://b/r2"),
-        train("task=seq2seq", "data=arxiv_titles", "task.num_beams=2", nnodes=2, gpu=8, h="slurm_h100_80gb_8", output_dir="gs://b/r3"),
+        train(
+            "task=seq2seq", "data=arxiv_titles", "task.num_beams=2",
+            nnodes=2, gpu=8, h="slurm_h100_80gb_8", output_dir="gs://b/r3",
+        ),
         evaluate("data=rte", checkpoint="gs://b/r1/model"),
-        batch_infer("task.top_k=2", "task.num_beams=3", model="gs://b/model", input="gs://b/in/*.jsonl", output="gs://b/out", nnodes=3),
+        batch_infer(
+            "task.top_k=2", "task.num_beams=3",
+            model="gs://b/model", input="gs://b/in/*.jsonl", output="gs://b/out", nnodes=3,
+        ),
     ]
     runner = get_runner()
     for app in apps:

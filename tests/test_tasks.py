@@ -196,11 +196,11 @@ def test_long_documents_are_windowed_not_truncated():
     enc = task.encode(table, tokenizer, 16)
     windows = enc.extra
     assert len(windows.doc) > 3 and enc.lengths.max() <= 16
-    for d, (words, tags) in enumerate(docs):  # every word is labelled, with its own tag, in some window
+    for d, (_words, tags) in enumerate(docs):  # every word is labelled, with its own tag, in some window
         seen = {}
         for w, ids, labels in zip(windows.doc, windows.words, enc.labels):
             if w == d:
-                for pos, (word, label) in enumerate(zip(ids, labels)):
+                for word, label in zip(ids, labels):
                     if label != data.IGNORE:
                         seen[word] = task.labels[label]
         assert seen == dict(enumerate(tags))

@@ -13,9 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tests.conftest import ROOT, make_rows, run_cli
+from tests.conftest import ROOT, make_rows, run_cli, run_main
 
-pytestmark = pytest.mark.slow  # each trains the tiny model, most through `torchx run` or torchrun
+# each trains the tiny model: through `torchx run`, torchrun, or in this process (run_main)
+pytestmark = pytest.mark.slow
 
 TORCHX = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd"]
 
@@ -108,9 +109,9 @@ def test_kill_9_and_resume_matches_uninterrupted_run(train_args, tmp_path):
 
 
 def test_relaunching_a_finished_run_does_no_more_steps(train_args, tmp_path):
-    assert run_cli("train", *train_args).returncode == 0
+    assert run_main("train", *train_args).returncode == 0
     before = final_weights(tmp_path / "run")
-    out = run_cli("train", *train_args)
+    out = run_main("train", *train_args)
     assert out.returncode == 0 and "resuming" in out.stdout + out.stderr
     after = final_weights(tmp_path / "run")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -125,7 +126,7 @@ def test_multi_label_thresholds_saved_and_used(tiny_model, tmp_path):
     data = tmp_path / "ml.jsonl"
     pd.DataFrame(rows)[["text", "labels"]].to_json(data, orient="records", lines=True)
     run = tmp_path / "run"
-    out = run_cli(
+    out = run_main(
         "train",
         "task=multi_label",
         "model.name=tiny",
@@ -146,7 +147,9 @@ def test_multi_label_thresholds_saved_and_used(tiny_model, tmp_path):
     assert set(config["label_thresholds"]) == {"billing", "shipping", "technical", "urgent"}
     assert any(t != 0.5 for t in config["label_thresholds"].values())
 
-    out = run_cli("evaluate", f"checkpoint={run}/model", "data=files", f"data.train={data}", "data.label_column=labels")
+    out = run_main(
+        "evaluate", f"checkpoint={run}/model", "data=files", f"data.train={data}", "data.label_column=labels"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((eval_dir(run) / "metrics.json").read_text())
     assert result["thresholds"] == [config["label_thresholds"][l] for l in sorted(config["label_thresholds"])]
@@ -165,7 +168,7 @@ def test_sentence_pairs(tiny_model, tmp_path):
     ]
     data = tmp_path / "pairs.tsv"
     pd.DataFrame(rows).to_csv(data, sep="\t", index=False)
-    out = run_cli(
+    out = run_main(
         "train",
         "model.name=tiny",
         f"model.name_or_path={tiny_model}",
@@ -186,17 +189,17 @@ def test_sentence_pairs(tiny_model, tmp_path):
 
 def test_relaunch_with_another_config_is_refused_and_evaluations_never_overwrite(train_args, tiny_data, tmp_path):
     run = tmp_path / "run"
-    assert run_cli("train", *train_args, "trainer.max_steps=2").returncode == 0
+    assert run_main("train", *train_args, "trainer.max_steps=2").returncode == 0
     config = (run / "config.yaml").read_bytes()
-    out = run_cli("train", *train_args, "trainer.max_steps=2", "optim.lr=1e-3")
+    out = run_main("train", *train_args, "trainer.max_steps=2", "optim.lr=1e-3")
     assert out.returncode == 2 and "optim.lr" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert (run / "config.yaml").read_bytes() == config
     assert (
-        run_cli("train", *train_args, "trainer.max_steps=2", "trainer.log_every=1").returncode == 0
+        run_main("train", *train_args, "trainer.max_steps=2", "trainer.log_every=1").returncode == 0
     )  # same run: resumes
 
     # only the test file: evaluation needs no training data
-    alone = run_cli(
+    alone = run_main(
         "evaluate",
         f"checkpoint={run}/model",
         "data=files",
@@ -206,14 +209,16 @@ def test_relaunch_with_another_config_is_refused_and_evaluations_never_overwrite
     assert alone.returncode == 0, alone.stderr[-2000:]
     base = ["data=files", f"data.train={tiny_data['train']}"]
     # the run directory stands for its model/
-    assert run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}").returncode == 0
+    assert run_main("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}").returncode == 0
     first = eval_dir(run)
     metrics = (first / "metrics.json").read_bytes()
-    assert run_cli("evaluate", f"checkpoint={run}/model", *base, f"data.test={tiny_data['validation']}").returncode == 0
+    assert (
+        run_main("evaluate", f"checkpoint={run}/model", *base, f"data.test={tiny_data['validation']}").returncode == 0
+    )
     assert len(list(run.glob("eval-files-test-*"))) == 2 and (first / "metrics.json").read_bytes() == metrics
-    again = run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}")
+    again = run_main("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}")
     assert again.returncode == 2 and "overwrite=true" in again.stderr
     assert (
-        run_cli("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}", "overwrite=true").returncode
+        run_main("evaluate", f"checkpoint={run}", *base, f"data.test={tiny_data['test']}", "overwrite=true").returncode
         == 0
     )

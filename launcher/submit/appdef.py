@@ -36,7 +36,8 @@ HOW_TO_PASS_SECRETS = (
 # Kubernetes object and label names, Slurm job names: the job's pods add "-<role>-<n>-0" to it.
 _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,34}[a-z0-9])?$")
 # Role.metadata key: what a job writes and which variables it reads from a secret, for schedulers that can check
-# that before the job waits for nodes (launcher/submit/kubernetes.py): {"outputs": {argument: location}, "secret_env": [...]}
+# that before the job waits for nodes (launcher/submit/kubernetes.py):
+# {"outputs": {argument: location}, "secret_env": [...]}
 NEEDS = "text_recipes"
 # --cpu and --memMB per GPU where not given: what every GKE GPU machine type leaves a pod (the smallest,
 # g2-standard-8 with one L4, has 8 vCPUs and 32 GiB); else 2 CPUs and 8 GiB
@@ -108,7 +109,8 @@ def check_job(
 ) -> None:
     if not _NAME.match(name):
         _fail(
-            f"--name {name!r}: use 1-36 lowercase letters, digits and '-', starting with a letter (Kubernetes and Slurm job names)"
+            f"--name {name!r}: use 1-36 lowercase letters, digits and '-', starting with a letter "
+            "(Kubernetes and Slurm job names)"
         )
     if h is not None:
         try:

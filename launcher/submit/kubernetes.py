@@ -186,7 +186,8 @@ class KubernetesScheduler(Scheduler[Dict[str, Any]]):
         job = replace(app, name=job_name(app), roles=[with_tpu_env(role) for role in app.roles])
         resource = base.app_to_resource(job, cfg["queue"], cfg.get("service_account"), cfg.get("priority_class"))
         tasks = resource["spec"]["tasks"]
-        for task, role in zip(tasks, [role for role in app.roles for _ in range(role.num_replicas)]):
+        task_roles = [r for r in app.roles for _ in range(r.num_replicas)]  # one per task, in the order of the tasks
+        for task, role in zip(tasks, task_roles):
             pod = base.sanitize_for_serialization(task["template"])
             container = pod["spec"]["containers"][0]
             container["workingDir"] = cfg["workdir"]

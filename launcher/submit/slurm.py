@@ -328,7 +328,8 @@ class SlurmScheduler(base.SlurmScheduler):
         return filter_regex(regex, lines) if regex else lines
 
     def _follow(self, app_id: str, paths: List[str], tail: bool) -> Iterator[str]:
-        """Lines of the files as they are written; without `tail`, what is there once each file exists (or the job ended)."""
+        """Lines of the files as they are written; without `tail`, what is there once each file exists (or the job
+        ended)."""
         handles: Dict[str, Any] = {}
         while True:
             finished = self._finished(app_id)

@@ -12,7 +12,8 @@ A task module defines
     predict(model, encoded, rt, batch_size, dtype, tokenizer); score(predictions, encoded, tune)
     decide(...)                              the decision from a model's outputs, used by evaluation and inference
     save(model_config, result)               what config.json keeps beyond the task config (tuned thresholds)
-    prediction_rows(table, predictions); plots(run, predictions, encoded)    evaluation's outputs; HEADLINE: its log line
+    prediction_rows(table, predictions); plots(run, predictions, encoded)
+                                             evaluation's outputs; HEADLINE: its log line
     reads_pairs; encode_block(tokenizer, texts, pairs, max_length); predict_block(runner, table)    batch inference
     from_model(model_config, cfg)            the task of a trained model
 

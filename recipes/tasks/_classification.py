@@ -53,7 +53,8 @@ def precision_recall_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: List[str
 
 
 class Classification:
-    """The shared part. A subclass defines row_label, targets, loss_of, probabilities, decide, chosen, score and outputs."""
+    """The shared part. A subclass defines row_label, targets, loss_of, probabilities, decide, chosen, score and
+    outputs."""
 
     name: str
     problem_type: str
@@ -90,7 +91,8 @@ class Classification:
         labels = sorted({l for ls in train.labels for l in (ls if isinstance(ls, list) else [ls])})
         if len(labels) < 2:
             raise RecipeError(
-                f"{train.source}: only one label ({labels[0] if labels else 'none'!r}) in the training data; need at least 2"
+                f"{train.source}: only one label ({labels[0] if labels else 'none'!r}) in the training data; "
+                "need at least 2"
             )
         self.labels = labels
 
@@ -104,7 +106,8 @@ class Classification:
             for label in labels if isinstance(labels, list) else [labels]:
                 if label not in known:
                     raise RecipeError(
-                        f"{table.source} row {row}: label {label!r} was not seen in training (model labels: {', '.join(self.labels)})"
+                        f"{table.source} row {row}: label {label!r} was not seen in training "
+                        f"(model labels: {', '.join(self.labels)})"
                     )
 
     def encode(self, table: Table, tokenizer, max_length: int) -> data.Encoded:

@@ -133,7 +133,8 @@ class MultiLabel(Classification):
         return [[self.labels[j] for j in row if on[j]] for row, on in zip(order, self.decide(probs))]
 
     def score(self, logits: np.ndarray, encoded: data.Encoded, tune: bool = False) -> Dict:
-        """Metrics at the saved thresholds; while training, at thresholds tuned on this data (if the task config says so)."""
+        """Metrics at the saved thresholds; while training, at thresholds tuned on this data (if the task config says
+        so)."""
         y = encoded.labels.numpy()
         probs = self.probabilities(logits)
         if tune:

@@ -107,7 +107,8 @@ class Seq2Seq:
         for target, row in zip(df[data_cfg.label_column].tolist(), rows):
             if not isinstance(target, str) or not target.strip():
                 raise RecipeError(
-                    f"{source} row {row}: empty target in column {data_cfg.label_column!r}; expected the text to generate"
+                    f"{source} row {row}: empty target in column {data_cfg.label_column!r}; "
+                    "expected the text to generate"
                 )
         return Table(source, texts, [t.strip() for t in df[data_cfg.label_column].tolist()], rows)
 

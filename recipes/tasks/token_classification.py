@@ -77,7 +77,8 @@ def _strings(value, source: str, row: int, column: str, what: str) -> List[str]:
         value = value.tolist()
     if not isinstance(value, list) or not value:
         raise RecipeError(
-            f"{source} row {row}: column {column!r} holds {type(value).__name__} {str(value)[:40]!r}; expected a non-empty list of {what}"
+            f"{source} row {row}: column {column!r} holds {type(value).__name__} {str(value)[:40]!r}; "
+            f"expected a non-empty list of {what}"
         )
     for v in value:
         if not isinstance(v, str) or not v.strip():
@@ -145,7 +146,8 @@ class TokenClassification:
             unknown = next((t for t in doc if t not in index), None)
             if unknown is not None:
                 raise RecipeError(
-                    f"{table.source} row {row}: tag {unknown!r} was not seen in training (model tags: {', '.join(self.labels)})"
+                    f"{table.source} row {row}: tag {unknown!r} was not seen in training "
+                    f"(model tags: {', '.join(self.labels)})"
                 )
         if not tokenizer.is_fast:
             raise RecipeError(f"{tokenizer.name_or_path}: token classification needs a fast tokenizer (word alignment)")
@@ -213,8 +215,8 @@ class TokenClassification:
         return Predictions(tags, sum(l for _, l, _ in out) / tokens if tokens else 0.0)
 
     def decide(self, found: Dict[int, Tuple[int, float]], n_words: int) -> List[str]:
-        """A document's tags, from merge_windows' (tag id, probability) per word: for evaluation and batch inference alike.
-        A word no sub-token stands for (e.g. a lone control character) is O."""
+        """A document's tags, from merge_windows' (tag id, probability) per word: for evaluation and batch inference
+        alike. A word no sub-token stands for (e.g. a lone control character) is O."""
         return [self.labels[found[i][0]] if i in found else "O" for i in range(n_words)]
 
     def score(self, predictions: Predictions, encoded: data.Encoded, tune: bool = False) -> Dict:

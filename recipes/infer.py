@@ -103,9 +103,8 @@ def ray_session():
     # actors
     ctx.target_max_block_size = 1
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)  # "token authentication is enabled"
-    for handler in logging.getLogger(
-        "ray.data"
-    ).handlers:  # errors end as one line (--verbose: traceback); Ray Data's log file keeps all
+    # errors end as one line (--verbose: traceback); Ray Data's log file keeps all
+    for handler in logging.getLogger("ray.data").handlers:
         if isinstance(handler, logging.StreamHandler):
             handler.setLevel(logging.CRITICAL)
     # an input with fewer files than actors still feeds them all: each file yields many blocks
@@ -288,9 +287,8 @@ def infer(cfg) -> dict:
         "skipped": skipped,
         "output_format": cfg.output_format,
         "seconds": round(time.time() - start, 1),
-        "pipeline_seconds": round(
-            pipeline_seconds, 1
-        ),  # this run's Ray pipeline: actors' model loading, reading, predicting
+        # this run's Ray pipeline: actors' model loading, reading, predicting
+        "pipeline_seconds": round(pipeline_seconds, 1),
     }
     if this_run:  # from the first block an actor began to the last one committed: the rate once models are loaded
         manifest["predict_seconds"] = round(max(m["ended"] for m in this_run) - min(m["started"] for m in this_run), 1)

@@ -77,9 +77,7 @@ class OutputDir:
     def entries(self, sub: str = "") -> List[str]:
         """File and directory names in the output directory (or its subdirectory `sub`); [] if missing."""
         where = self.path(sub) if sub else self.root
-        if (
-            not self.is_local
-        ):  # other processes (the actors, a killed run) add files: never a listing gcsfs cached earlier
+        if not self.is_local:  # other processes (the actors, a killed run) add files: no listing gcsfs cached
             self.fs.invalidate_cache(where)
         if self.fs.isfile(where):
             raise RecipeError(f"output={self.url}: is a file; expected a directory")

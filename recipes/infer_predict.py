@@ -57,9 +57,8 @@ def load_for_inference(model_dir: str, precision: str, device: torch.device):
     model.eval().to(device)
     if name == "int8":
         _keep_freed_memory()
-        with (
-            warnings.catch_warnings()
-        ):  # torch deprecates quantized tensors in favour of torchao; still the fastest here
+        # torch deprecates quantized tensors in favour of torchao; still the fastest here
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)

@@ -67,9 +67,8 @@ def _gcs_filesystem_class():
     """gcsfs's default filesystem, asking each bucket's layout once per filesystem (fsspec keeps one per process)."""
     import gcsfs
 
-    base = (
-        gcsfs.GCSFileSystem
-    )  # ExtendedGcsFileSystem (zonal/HNS buckets) unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
+    # ExtendedGcsFileSystem (zonal/HNS buckets) unless GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false
+    base = gcsfs.GCSFileSystem
     if not hasattr(base, "_get_bucket_type"):
         return type("GCSFileSystem", (base,), {"__module__": __name__})
 

@@ -394,8 +394,8 @@ def train(cfg, rt: Runtime) -> dict:
         disable=not rt.is_main,
         desc="train",
         unit="step",
-        mininterval=0.5 if sys.stderr.isatty() else 30,
-    )  # fewer lines in job logs
+        mininterval=0.5 if sys.stderr.isatty() else 30,  # fewer lines in job logs
+    )
     with logging_redirect_tqdm():
         while state["step"] < recipe.total_steps and not stop:
             groups = recipe.epoch_groups()

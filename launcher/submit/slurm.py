@@ -198,9 +198,7 @@ class SlurmScheduler(base.SlurmScheduler):
 
     def schedule(self, dryrun_info) -> str:
         req = dryrun_info.request
-        os.makedirs(
-            os.path.join(req.job_dir or "", LOG_DIR), exist_ok=True
-        )  # sbatch opens --output before the script runs
+        os.makedirs(os.path.join(req.job_dir or "", LOG_DIR), exist_ok=True)  # sbatch opens --output first
         return super().schedule(dryrun_info)
 
     # ---- status

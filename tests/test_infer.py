@@ -378,3 +378,39 @@ def test_int8_and_bf16_predict_close_to_fp32(models):
         if precision == "int8":
             quantized = [m for m in model.modules() if "quantized.dynamic" in type(m).__module__]
             assert quantized and all(m.weight().qscheme() == torch.per_channel_affine for m in quantized)
+
+
+def test_task_options_of_a_trained_model():
+    """A model carries its task config; infer's task.<option> overrides one, and refuses another task's option."""
+    from transformers import BertConfig
+
+    from recipes import tasks
+    from recipes.errors import RecipeError
+
+    labels = dict(enumerate(LABELS))
+    trained = BertConfig(id2label=labels, problem_type="multi_label_classification")
+    trained.text_recipes = {
+        "task": "multi_label",
+        "task_config": {
+            "type": "multi_label",
+            "metric": "f1_micro",
+            "threshold": 0.5,
+            "tune_thresholds": True,
+            "tune_min_positives": 5,
+            "top_k": 2,
+            "all_scores": False,
+        },
+    }
+    assert tasks.of_model(trained, "m").cfg.top_k == 2  # as saved
+    assert tasks.of_model(trained, "m", {"top_k": 5, "num_beams": None}).cfg.top_k == 5
+    with pytest.raises(
+        RecipeError,
+        match=r"task.num_beams=4: not an option of a multi_label model \(m\); its options: "
+        r"task.top_k, task.all_scores",
+    ):
+        tasks.of_model(trained, "m", {"num_beams": 4})
+    with pytest.raises(RecipeError, match="task.top_k=0: must be at least 1"):
+        tasks.of_model(trained, "m", {"top_k": 0})
+    # saved before the task config was: the task's defaults (conf/task/multi_label.yaml)
+    legacy = BertConfig(id2label=labels, problem_type="multi_label_classification")
+    assert tasks.of_model(legacy, "m").cfg.top_k == 3

@@ -37,6 +37,7 @@ transformers = lazy("transformers")
 model_loading = lazy("recipes.model")
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "task"
+KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}  # OmegaConf's type names
 
 
 def names() -> Tuple[str, ...]:
@@ -66,13 +67,7 @@ def typed(node: DictConfig) -> DictConfig:
         ) from None
     except ValidationError as e:
         converted = re.search(r"could not be converted to (\w+)", e.msg)
-        kind = (
-            {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(
-                converted.group(1), converted.group(1)
-            )
-            if converted
-            else e.msg
-        )
+        kind = KINDS.get(converted.group(1), converted.group(1)) if converted else e.msg
         raise RecipeError(f"task.{e.key}={e.value!r}: expected {kind}") from None
 
 

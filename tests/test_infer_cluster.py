@@ -302,8 +302,18 @@ STAND_IN_DRIVER = textwrap.dedent("""
     files = [p for p in pathlib.Path(os.environ["TMPDIR"]).rglob("*") if p.is_file() and p.name != "token"]
     leaks = [str(p) for p in files if token in p.read_text(errors="ignore")]
     environ = {k: v for k, v in os.environ.items() if token in v or k in ("RAY_AUTH_TOKEN", "TEXT_RECIPES_RAY_SECRET")}
+    command_lines, processes = [], 0
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:
+            continue
+        processes += bool(cmdline)
+        if token.encode() in cmdline:
+            command_lines.append(cmdline.replace(b"\\0", b" ").decode(errors="replace"))
     print("DRIVER", json.dumps({"nodes": len(nodes), "cpus": ray.cluster_resources()["CPU"], "ray_files": len(files),
-                                "leaks": leaks, "environ": environ}), flush=True)
+                                "leaks": leaks, "environ": environ,
+                                "command_lines": command_lines, "processes": processes}), flush=True)
     if sys.argv[1] == "hang":
         time.sleep(600)
     sys.exit(int(sys.argv[1]))
@@ -361,9 +371,7 @@ def job_ray_processes() -> dict:
 
 
 def assert_no_ray_left(before: dict, tmpdir: str = None) -> None:
-    deadline = time.monotonic() + 15
-    while set(job_ray_processes()) - set(before) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    """Called once the bootstraps exited: a replica exits only after its Ray node's processes are gone."""
     left = {pid: cmd for pid, cmd in job_ray_processes().items() if pid not in before}
     assert not left, left
     if tmpdir:
@@ -377,14 +385,16 @@ def driver_report(stdout: str) -> dict:
 @pytest.mark.slow
 def test_head_runs_the_driver_on_every_node_and_exits_with_its_status(cluster_env, tmp_path):
     before = job_ray_processes()
-    worker = bootstrap(1, 2, 6411, cluster_env)
-    head = bootstrap(0, 2, 6411, cluster_env, sys.executable, str(tmp_path / "driver.py"), "3")
+    port = ray_cluster.free_port()
+    worker = bootstrap(1, 2, port, cluster_env)
+    head = bootstrap(0, 2, port, cluster_env, sys.executable, str(tmp_path / "driver.py"), "3")
     head_out, head_err = head.communicate(timeout=120)
     worker_out, worker_err = worker.communicate(timeout=60)
     assert head.returncode == 3, head_err  # the driver's
     assert worker.returncode == 0, worker_err
     report = driver_report(head_out)
     assert report["nodes"] == 2 and report["cpus"] == 2
+    assert report["processes"] > 5 and report["command_lines"] == []  # no process of the machine shows the token
     assert report["ray_files"] > 10 and report["leaks"] == [] and report["environ"] == {}
     assert "2 Ray node(s) up" in head_err and "is gone (the driver ended); leaving" in worker_err
     assert "Ray runtime started" not in head_err + head_out  # Ray's banner stays in its own log
@@ -395,7 +405,7 @@ def test_head_runs_the_driver_on_every_node_and_exits_with_its_status(cluster_en
 def test_sigterm_to_the_replica_stops_driver_and_ray(cluster_env, tmp_path):
     """As on Kubernetes, where only the container's first process gets SIGTERM."""
     before = job_ray_processes()
-    head = bootstrap(0, 1, 6412, cluster_env, sys.executable, str(tmp_path / "driver.py"), "hang")
+    head = bootstrap(0, 1, ray_cluster.free_port(), cluster_env, sys.executable, str(tmp_path / "driver.py"), "hang")
     assert head.stdout.readline().startswith("DRIVER")
     head.send_signal(signal.SIGTERM)
     assert head.wait(timeout=60) == 128 + signal.SIGTERM
@@ -405,11 +415,12 @@ def test_sigterm_to_the_replica_stops_driver_and_ray(cluster_env, tmp_path):
 @pytest.mark.slow
 def test_head_gives_up_when_the_other_replicas_do_not_join(cluster_env, tmp_path):
     before = job_ray_processes()
-    head = bootstrap(0, 2, 6413, cluster_env, sys.executable, str(tmp_path / "driver.py"), "0", timeout=2)
+    port = ray_cluster.free_port()
+    head = bootstrap(0, 2, port, cluster_env, sys.executable, str(tmp_path / "driver.py"), "0", timeout=2)
     _, err = head.communicate(timeout=120)
     assert head.returncode == 1
     assert re.search(
-        r"^error: [01] of 2 Ray nodes joined the head at localhost:6413 within 2 s: are the other replicas running",
+        rf"^error: [01] of 2 Ray nodes joined the head at localhost:{port} within 2 s: are the other replicas running",
         err,
         re.M,
     )
@@ -419,16 +430,17 @@ def test_head_gives_up_when_the_other_replicas_do_not_join(cluster_env, tmp_path
 @pytest.mark.slow
 def test_node_or_driver_without_the_token_cannot_join(cluster_env, tmp_path):
     before = job_ray_processes()
-    head = bootstrap(0, 2, 6414, cluster_env, sys.executable, str(tmp_path / "driver.py"), "0", timeout=300)
+    port = ray_cluster.free_port()
+    head = bootstrap(0, 2, port, cluster_env, sys.executable, str(tmp_path / "driver.py"), "0", timeout=300)
     deadline = time.monotonic() + 60
-    while not ray_cluster.reachable("localhost", 6414):
+    while not ray_cluster.reachable("localhost", port):
         assert head.poll() is None and time.monotonic() < deadline
         time.sleep(0.5)
     intruders = [
-        bootstrap(1, 2, 6414, cluster_env, job_id="job-2"),  # same secret, another job: another token
-        bootstrap(1, 2, 6414, {**cluster_env, ray_cluster.SECRET_ENV: "another-secret"}),
+        bootstrap(1, 2, port, cluster_env, job_id="job-2"),  # same secret, another job: another token
+        bootstrap(1, 2, port, {**cluster_env, ray_cluster.SECRET_ENV: "another-secret"}),
         subprocess.Popen(
-            [sys.executable, "-c", "import ray; ray.init(address='localhost:6414')"],
+            [sys.executable, "-c", f"import ray; ray.init(address='localhost:{port}')"],
             cwd=ROOT,
             env={k: v for k, v in cluster_env.items() if not k.startswith("RAY_")},
             stderr=subprocess.PIPE,
@@ -479,7 +491,7 @@ def test_two_replica_local_cwd_job_predicts_every_row_once(train_args, tmp_path)
             "--cpu",
             "1",
             "--ray_port",
-            "6415",
+            str(ray_cluster.free_port()),
             "--model",
             str(model),
             "--input",

@@ -128,6 +128,12 @@ def _die_with_parent() -> None:
         _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _become_subreaper() -> None:
+    # the node's daemons are orphaned when `ray start` exits: they become this process's children, to be reaped here
+    if _prctl:
+        _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -198,7 +204,34 @@ class RayNode:
         try:  # Ray's agents can outlive their raylet by minutes
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
+            return
+        # this replica exits once its node is gone (ports and CPUs free for the next job), reaping what this process
+        # inherits as their subreaper; bounded, in case one ignores SIGKILL in the kernel (D state)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            _reap()
+            time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """A process of group `pgid` is still running (not a zombie)."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:  # "pid (comm) state ppid pgrp ...": comm may hold spaces
+                state, _, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if state != "Z" and int(group) == pgid:
+            return True
+    return False
+
+
+def _reap() -> None:
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+    except ChildProcessError:
+        pass
 
 
 def wait_for_nodes(node: RayNode, host: str, port: int, nnodes: int, timeout: float) -> None:
@@ -318,6 +351,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args, command = parse(sys.argv[1:] if argv is None else argv)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _terminate)
+    _become_subreaper()
     workdir = Path(tempfile.mkdtemp(prefix="tr-ray-"))  # short: Ray's unix sockets live under it
     keep_logs = False
     try:

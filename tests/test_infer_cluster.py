@@ -29,7 +29,7 @@ from torchx.specs.finder import ComponentValidationException
 
 from components.infer import batch_infer
 from launcher.job import ray_cluster
-from tests.conftest import ROOT, make_rows, run_cli
+from tests.conftest import ROOT, make_rows, run_main
 
 TORCHX = [sys.executable, "-m", "torchx.cli.main"]
 SECRET = "test-secret-" + "5" * 40
@@ -468,7 +468,7 @@ def test_node_or_driver_without_the_token_cannot_join(cluster_env, tmp_path):
 @pytest.mark.slow
 def test_two_replica_local_cwd_job_predicts_every_row_once(train_args, tmp_path):
     """`torchx run -s local_cwd` with 2 replicas (head + worker) on a trained tiny model."""
-    trained = run_cli("train", *train_args, "trainer.max_steps=2")
+    trained = run_main("train", *train_args, "trainer.max_steps=2")
     assert trained.returncode == 0, trained.stderr[-3000:]
     model = tmp_path / "run" / "model"
     rows = [{"id": f"r{i}", "text": r["text"]} for i, r in enumerate(make_rows(200, seed=5))]

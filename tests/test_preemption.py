@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+
+from tests.conftest import ROOT, run_cli, run_main
 
 pytestmark = pytest.mark.slow  # training runs signalled mid-run, in their own processes
 
@@ -45,7 +46,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_to_the_same_weights(train_args
         "trainer.save_every=10",
         "trainer.eval_every=40",
     ]
-    run_cli("train", *args, f"output_dir={tmp_path / 'straight'}").check_returncode()
+    assert run_main("train", *args, f"output_dir={tmp_path / 'straight'}").returncode == 0
 
     run = tmp_path / "preempted"
     out = interrupt([sys.executable, str(ROOT / "run.py"), "train", *args, f"output_dir={run}"], run, signal.SIGTERM)
@@ -116,7 +117,7 @@ def test_rerun_with_another_number_of_processes_is_refused_in_one_line(train_arg
     ]
     subprocess.run(torchrun, cwd=ROOT, capture_output=True, check=True, timeout=600)
     (tmp_path / "run" / "metrics.json").unlink()  # as if stopped before the end
-    out = run_cli("train", *args)
+    out = run_main("train", *args)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert (
         "written by 2 processes, this job has 1" in out.stderr and "start fresh with another output_dir" in out.stderr

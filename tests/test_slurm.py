@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, make_rows, run_cli, run_main
+
+from tests.conftest import ROOT, make_rows, run_main
 
 pytestmark = pytest.mark.slurm
 
@@ -273,7 +274,7 @@ def test_max_retries_requeues_a_failed_job_that_then_resumes(
 
 def test_batch_infer_requeued_mid_run_writes_every_id_once(accounting_cluster, tiny_model, tmp_path):
     args = tiny_train(tiny_model, tmp_path, epochs=1)
-    assert run_cli("train", *args, f"output_dir={tmp_path / 'run'}").returncode == 0
+    assert run_main("train", *args, f"output_dir={tmp_path / 'run'}").returncode == 0
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(
         "".join(json.dumps({"id": f"doc-{i}", "text": r["text"]}) + "\n" for i, r in enumerate(make_rows(20000, 3)))

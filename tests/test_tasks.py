@@ -124,7 +124,7 @@ def title_args(titles):
 
 @pytest.mark.slow
 def test_token_classification_trains_and_evaluates_whole_documents(tiny_model, conll, tmp_path):
-    out = run_cli("train", *token_args(conll), *tiny(tiny_model, tmp_path), "trainer.epochs=6")
+    out = run_main("train", *token_args(conll), *tiny(tiny_model, tmp_path), "trainer.epochs=6")
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["metric"] == "f1" and metrics["validation"]["f1"] > 0.8
@@ -135,7 +135,7 @@ def test_token_classification_trains_and_evaluates_whole_documents(tiny_model, c
     )
 
     # documents of up to 60 words are longer than max_length=32 sub-tokens: windows, merged back per document
-    out = run_cli(
+    out = run_main(
         "evaluate",
         f"checkpoint={tmp_path / 'run'}",
         "data=files",
@@ -291,7 +291,7 @@ def test_ragged_token_lists_and_unknown_tags(tiny_model, conll, tmp_path):
 
 @pytest.mark.slow
 def test_seq2seq_warm_started_encoder_decoder_trains_and_generates(tiny_model, titles, tmp_path):
-    out = run_cli("train", *title_args(titles), *tiny(tiny_model, tmp_path), "trainer.epochs=8")
+    out = run_main("train", *title_args(titles), *tiny(tiny_model, tmp_path), "trainer.epochs=8")
     assert out.returncode == 0, out.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["metric"] == "rougeL" and set(metrics["validation"]) == {"loss", "rouge1", "rouge2", "rougeL"}
@@ -315,7 +315,7 @@ def test_seq2seq_warm_started_encoder_decoder_trains_and_generates(tiny_model, t
     )
     assert model.generate(**tok(["we propose graph graph networks"], return_tensors="pt")).shape[1] <= 9
 
-    out = run_cli(
+    out = run_main(
         "evaluate",
         f"checkpoint={tmp_path / 'run'}",
         "data=files",
@@ -414,7 +414,7 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tiny_model, conll, titles, 
         "trainer.epochs=4",
         "trainer.save_every=2",
     ]
-    assert run_cli("train", *args, *tiny(tiny_model, tmp_path, "straight")).returncode == 0
+    assert run_main("train", *args, *tiny(tiny_model, tmp_path, "straight")).returncode == 0
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), "train", *args, *tiny(tiny_model, tmp_path, "resumed")],

@@ -53,7 +53,7 @@ def test_kill_9_and_resume_matches_uninterrupted_run(train_args, tmp_path):
         "trainer.save_every=10",
         "trainer.eval_every=20",
     ]
-    run_cli("train", *args, f"output_dir={tmp_path / 'straight'}").check_returncode()
+    assert run_main("train", *args, f"output_dir={tmp_path / 'straight'}").returncode == 0
 
     resumed = tmp_path / "resumed"
     cmd = [sys.executable, str(ROOT / "run.py"), "train", *args, f"output_dir={resumed}"]

@@ -6,6 +6,7 @@ from typing import Dict, Optional
 from torchx import specs
 
 from components.train import IMAGE
+from launcher.job.ports import DERIVED
 from launcher.submit.appdef import recipe_app
 
 
@@ -14,7 +15,7 @@ def evaluate(
     checkpoint: str,
     split: str = "test",
     output_dir: Optional[str] = None,
-    nproc_per_node: int = 1,
+    nproc_per_node: Optional[int] = None,
     image: str = IMAGE,
     cpu: Optional[int] = None,
     gpu: int = 0,
@@ -36,7 +37,8 @@ def evaluate(
         checkpoint: the trained model directory, local path or gs:// URL (e.g. outputs/minilm-support_tickets/model)
         split: which split of the data config to score: train, validation or test
         output_dir: where results go (default: <checkpoint>/../eval-<data>-<split>); on kubernetes gs://
-        nproc_per_node: processes sharing the prediction work (e.g. one per GPU)
+        nproc_per_node: processes sharing the prediction work (default: one per GPU of the replica, from --gpu
+            or -h, else 1; at most that many GPUs, each process takes one)
         image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
             run the current directory
         cpu: CPUs per replica (default: 2, or 6 per GPU)
@@ -63,5 +65,5 @@ def evaluate(
         h=h,
         env=env,
         max_retries=max_retries,
-        rdzv_port=29500,
+        rdzv_port=DERIVED,  # one node: torchrun's store takes a free port
     )

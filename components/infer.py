@@ -10,7 +10,16 @@ from torchx.specs.finder import ComponentValidationException
 
 from components.train import IMAGE
 from launcher.job.ray_cluster import SECRET_ENV
-from launcher.submit.appdef import NEEDS, check_env, check_job, check_overrides, command_line, default_size
+from launcher.submit.appdef import (
+    NEEDS,
+    check_env,
+    check_job,
+    check_overrides,
+    command_line,
+    default_size,
+    port_map,
+    replica_resource,
+)
 
 
 def batch_infer(
@@ -27,7 +36,7 @@ def batch_infer(
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
     name: str = "text-recipes-infer",
-    ray_port: int = 6379,
+    ray_port: int = 0,
     join_timeout: int = 600,
 ) -> specs.AppDef:
     """
@@ -55,15 +64,17 @@ def batch_infer(
         env: environment variables for the job (never secrets)
         max_retries: scheduler retries; each retry resumes from what is already written
         name: job name
-        ray_port: port of the Ray head (GCS) on replica 0's host; other Ray ports are random
+        ray_port: port of the Ray head (GCS) on replica 0's host; 0: derived from the job id, alike on every
+            replica, so that jobs sharing a node do not collide (one replica: a free port); other Ray ports are random
         join_timeout: seconds replica 0 waits for the other replicas' Ray nodes (and they for the head)
     """
     cpu, memMB = default_size(cpu, gpu, memMB)
-    check_job(name, nnodes, 1, cpu, gpu, memMB, {"ray_port": ray_port})  # one process per replica: the bootstrap
+    # one process per replica: the bootstrap
+    check_job(name, nnodes, 1, cpu, gpu, memMB, {"ray_port": ray_port}, h, max_retries)
     if join_timeout < 1:
         raise ComponentValidationException(f"--join_timeout={join_timeout}: must be at least 1 (seconds)")
     env = check_env(env)
-    resource = specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
+    resource = replica_resource(cpu, gpu, memMB, h)
     # the component's --gpu places one actor per GPU by default; overrides after `--` come later and win
     overrides = (
         f"gpus_per_actor={1 if resource.gpu else 0}",
@@ -109,7 +120,7 @@ def batch_infer(
                 num_replicas=nnodes,
                 resource=resource,
                 env=env,
-                port_map={"ray": ray_port},
+                port_map=port_map("ray", ray_port),
                 max_retries=max_retries,
                 # replicas derive the cluster's token from a secret they share (launcher/job/ray_cluster.py)
                 metadata={NEEDS: {"outputs": {"--output": output}, "secret_env": [SECRET_ENV] if nnodes > 1 else []}},

@@ -12,7 +12,7 @@ IMAGE = "text-recipes:latest"
 def train(
     *overrides: str,
     nnodes: int = 1,
-    nproc_per_node: int = 1,
+    nproc_per_node: Optional[int] = None,
     output_dir: Optional[str] = None,
     image: str = IMAGE,
     cpu: Optional[int] = None,
@@ -21,7 +21,7 @@ def train(
     h: Optional[str] = None,
     env: Optional[Dict[str, str]] = None,
     max_retries: int = 0,
-    rdzv_port: int = 29500,
+    rdzv_port: int = 0,
     name: str = "text-recipes-train",
 ) -> specs.AppDef:
     """
@@ -36,7 +36,8 @@ def train(
             data=files data.train=gs://bucket/train.jsonl task=multi_label trainer.max_steps=500
             (put them after ``--``; ``python run.py train --cfg job`` prints every key)
         nnodes: number of hosts (replicas); more than one uses c10d rendezvous on the rank-0 host
-        nproc_per_node: processes per host (usually the GPUs per host; on CPU, DDP over gloo)
+        nproc_per_node: processes per host (default: one per GPU of a replica, from --gpu or -h, else 1;
+            at most that many GPUs, each process takes one; on CPU, DDP over gloo)
         output_dir: run directory, local path or gs:// URL (default: conf/train.yaml's output_dir,
             outputs/<model>-<data>, with -<n>procs for n > 1 processes); on kubernetes gs://
         image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
@@ -48,7 +49,8 @@ def train(
         env: environment variables for the job, e.g. HF_HUB_OFFLINE=1,TOKENIZERS_PARALLELISM=false
             (never secrets: they would be stored in the job definition)
         max_retries: scheduler retries; each retry resumes from the newest checkpoint
-        rdzv_port: port of the c10d rendezvous store on the rank-0 host (multi-node only)
+        rdzv_port: port of the c10d rendezvous store on the rank-0 host (multi-node only); 0: derived from the
+            job id, alike on every replica, so that jobs sharing a node do not collide (one node: a free port)
         name: job name
     """
     if output_dir:

@@ -2,7 +2,6 @@
 
 import functools
 import os
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any, List
@@ -98,25 +97,6 @@ def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Runtime(dev, rank, local_rank, world_size)
-
-
-class StopSignals:
-    """SIGTERM (preemption, scancel, the node going away) and SIGUSR1 (sent by Slurm's --signal before the
-    time limit) ask the training loop to finish its step, checkpoint and exit with PREEMPTED; the handler
-    only sets a flag, so a signal never interrupts a checkpoint half-written."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.received = None
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame) -> None:
-        self.received = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -25,10 +25,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_scheduler
 
-from recipes import checkpoint, data, plots, tasks, xla
+from recipes import checkpoint, data, plots, stopping, tasks, xla
 from recipes.errors import Preempted, RecipeError
 from recipes.model import attn_implementation, load_tokenizer, set_dropout, use_cpu_dropout
-from recipes.runtime import Runtime, StopSignals, autocast_dtype
+from recipes.runtime import Runtime, autocast_dtype
 from recipes.storage import replace_dir
 
 log = logging.getLogger("text_recipes")
@@ -387,7 +387,7 @@ def train(cfg, rt: Runtime) -> dict:
             print(f"model:   {run.uri('model')}\nmetrics: {run.uri('metrics.json')}")
         return json.loads(run.read_text("metrics.json"))
     recipe.start()
-    signals, stop = StopSignals(), state.get("stopped", False)
+    stop = state.get("stopped", False)
     progress = tqdm(
         total=recipe.total_steps,
         initial=state["step"],
@@ -412,19 +412,17 @@ def train(cfg, rt: Runtime) -> dict:
                     state["epoch"], state["step_in_epoch"] = state["epoch"] + 1, 0
                 if recipe.val_data is not None and (step % recipe.eval_every == 0 or end_of_epoch or last):
                     stop = recipe.evaluate()
-                preempted = rt.any(signals.received is not None)
+                preempted = rt.any(stopping.received is not None)
                 if step % recipe.save_every == 0 or end_of_epoch or last or stop or preempted:
                     state["stopped"] = stop
                     recipe.save_checkpoint()
                 if preempted:
                     progress.close()
-                    signals.restore()
                     raise Preempted(
-                        f"{signals.received or 'a signal'} at step {step}: checkpoint saved in {run.url}; "
+                        f"{stopping.received or 'a signal'} at step {step}: checkpoint saved in {run.url}; "
                         "the same command resumes from it"
                     )
                 if last or stop or end_of_epoch:
                     break
     progress.close()
-    signals.restore()
     return recipe.outputs()

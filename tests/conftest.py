@@ -26,6 +26,21 @@ os.environ.update(
 )
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
+
+@pytest.fixture(autouse=True)
+def off_any_slurm_cluster(request, tmp_path_factory, monkeypatch):
+    """Outside the slurm tier, tests see no Slurm cluster, whatever this machine runs (CI starts one before the
+    tiers): a `sinfo` first on PATH that fails, as off a cluster. Tests that need answers put their own before it."""
+    if request.node.get_closest_marker("slurm"):
+        return
+    bin_dir = tmp_path_factory.getbasetemp() / "no-slurm-bin"
+    if not (bin_dir / "sinfo").exists():
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'sinfo: error: no cluster (tests/conftest.py)' >&2\nexit 1\n")
+        (bin_dir / "sinfo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
 WORDS = {
     "billing": ["invoice", "refund", "charged", "payment", "card", "price"],
     "shipping": ["parcel", "delivery", "courier", "tracking", "package", "address"],
@@ -169,10 +184,11 @@ def run_main(*args, env=None) -> Ran:
 
 def run_torchx(*args, env=None) -> Ran:
     """`torchx ARGS` (e.g. run --dryrun -s local_cwd components/train.py:train ...) in this process."""
-    from torchx.cli.argparse_util import torchxconfig
+    from torchx.cli.argparse_util import ArgOnceAction, torchxconfig
     from torchx.cli.main import main
 
     torchxconfig.called_args.clear()  # class-level state of torchx's CLI: a second `-s` would read as a repeat
+    ArgOnceAction.called_args.clear()  # -cfg's
     return _in_process(main, list(map(str, args)), env, logs_to_stdout=False)
 
 

@@ -157,7 +157,7 @@ def test_cli_dryrun_help_and_builtins(secret_in_env):
     assert (
         "launcher.job.ray_cluster" in out.stdout and "--replica-id '1'" in out.stdout
     )  # the dryrun lists both replicas
-    assert "${TORCHX_RANK0_HOST:=localhost}:6379" in out.stdout
+    assert "${TORCHX_RANK0_HOST:=localhost}:0" in out.stdout  # port 0: ray_cluster derives it from the job id
     assert SECRET not in out.stdout + out.stderr
     bad = subprocess.run(
         [
@@ -208,7 +208,9 @@ def test_slurm_dryrun_two_nodes(secret_in_env, tmp_path):
     )
     script = get_runner().dryrun(app, "slurm", cfg={"partition": "gpu"}).request.materialize()
     assert (
-        "#SBATCH --job-name=infer-0" in script and "#SBATCH --job-name=infer-1" in script and "#SBATCH hetjob" in script
+        "#SBATCH --job-name=text-recipes-infer.infer-0" in script
+        and "#SBATCH --job-name=text-recipes-infer.infer-1" in script
+        and "#SBATCH hetjob" in script
     )
     assert SECRET not in script and "RAY_AUTH_TOKEN" not in script
     # what each task runs: the script under bash, with an srun that prints its arguments
@@ -231,7 +233,7 @@ def test_slurm_dryrun_two_nodes(secret_in_env, tmp_path):
     for replica, args in enumerate(tasks):
         assert args[args.index("--replica-id") + 1] == str(replica) and args[args.index("--job-id") + 1] == "4242"
         assert (
-            args[args.index("--head") + 1] == "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:6379"
+            args[args.index("--head") + 1] == "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:0"
         )  # the task's shell fills it
         assert (args[args.index("--gpus") + 1], args[args.index("--cpus") + 1]) == ("4", "24")  # 6 CPUs per GPU
         assert args[args.index("--") + 1 :] == [

@@ -96,7 +96,7 @@ def replica_logs(handle: str) -> str:
 
 
 def restarts(handle: str) -> int:
-    return len(re.findall(r"^start: job", batch_log(handle), re.M)) - 1
+    return len(re.findall(r"^\S+ start: job", batch_log(handle), re.M)) - 1
 
 
 @pytest.mark.parametrize("accounting", [True, False], ids=["accounting", "no-accounting"])
@@ -132,8 +132,8 @@ def test_gpu_request_auto_reads_the_partitions_gres(accounting_cluster):
     assert ("--gpus-per-node=1" in script) == ("gpu" in gres) and ("--exclusive" in script) == ("gpu" not in gres)
 
 
-def tiny_train(tiny_model, data_dir: Path, epochs: int):
-    for split, n, seed in (("train", 120, 0), ("validation", 30, 1), ("test", 30, 2)):
+def tiny_train(tiny_model, data_dir: Path, epochs: int, rows: int = 120):
+    for split, n, seed in (("train", rows, 0), ("validation", 30, 1), ("test", 30, 2)):
         pd.DataFrame(make_rows(n, seed)).to_csv(data_dir / f"{split}.csv", index=False)
     return [
         "model.name=tiny",
@@ -228,8 +228,8 @@ def test_sigusr1_checkpoints_requeues_and_ends_with_the_uninterrupted_weights(
     run = tmp_path / "run"
     handle = submit("components/train.py:train", *SMALL, "--", *args, f"output_dir={run}")
     wait_for_checkpoint(handle, run)
-    # what sbatch --signal=USR1@<s> does before the time limit, now
-    subprocess.run(["scancel", "--signal=USR1", job_id(handle)], check=True)
+    # what sbatch --signal=B:USR1@<s> does before the time limit, now: the batch shell passes it on to the steps
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id(handle)], check=True)
     assert wait(handle) == "SUCCEEDED", replica_logs(handle)[-4000:]
     assert restarts(handle) == 1, batch_log(handle)
     assert "SIGUSR1 at step" in replica_logs(handle)
@@ -272,7 +272,112 @@ def test_max_retries_requeues_a_failed_job_that_then_resumes(
         assert restarts(handle) == 0, batch_log(handle)
 
 
-def test_batch_infer_requeued_mid_run_writes_every_id_once(accounting_cluster, tiny_model, tmp_path):
+def preempt(handle: str) -> float:
+    """A job in the `urgent` partition (higher PriorityTier) that needs both nodes whole: the job preempted gets
+    SIGTERM at once and GraceTime to stop. Returns when it was submitted."""
+    subprocess.run(
+        ["sbatch", "--partition=urgent", "--nodes=2", "--exclusive", "--mem=3000", "--output=/dev/null"]
+        + ["--job-name=urgent", "--wrap=sleep 5"],
+        check=True,
+        capture_output=True,
+    )
+    return time.time()
+
+
+def requeues(handle: str) -> list:
+    """The reasons the batch script requeued the job for, in order."""
+    path = ROOT / "outputs" / "slurm" / f"slurm-{job_id(handle)}.requeues"
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tiny_model, tmp_path_factory):
+    """(the overrides of a 2-process tiny training run, its final weights uninterrupted): torchrun on this host,
+    the same world size as a 2-node job."""
+    data = tmp_path_factory.mktemp("two-process")
+    # 1200 steps, about 80 s of training on 2 cores (15 steps/s): longer than one run of the time-limit test
+    args = tiny_train(tiny_model, data, epochs=100, rows=360) + ["trainer.save_every=200", "trainer.eval_every=5000"]
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--rdzv_backend=c10d"]
+        + ["--rdzv_endpoint=localhost:0", "run.py", "train", *args, f"output_dir={data / 'straight'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    weights = torch.load(sorted((data / "straight" / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)
+    assert weights["world_size"] == 2
+    return args, weights["model"]
+
+
+def test_two_node_training_at_its_time_limit_checkpoints_requeues_and_ends_with_the_uninterrupted_weights(
+    accounting_cluster, two_process_run, tmp_path
+):
+    """--time 2 min and SIGUSR1 45 s before it (0-30 s earlier: Slurm looks every 30 s): a run is cut short, it
+    checkpoints on both nodes, the batch script requeues it (not counted as a failure), and the last run ends
+    SUCCEEDED."""
+    args, weights = two_process_run
+    run = tmp_path / "run"
+    out = torchx(
+        "run", "-s", "slurm", "-cfg", f"partition={PARTITION or 'debug'},time=2,signal_seconds=45",
+        "components/train.py:train", "--nnodes", "2", *SMALL, "--", *args, f"output_dir={run}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    handle = out.stdout.strip().splitlines()[-1]
+    assert wait(handle, timeout=1500) == "SUCCEEDED", batch_log(handle) + replica_logs(handle)[-4000:]
+    assert requeues(handle) and set(requeues(handle)) == {"timelimit"}, batch_log(handle)
+    assert replica_logs(handle).count("stopped: SIGUSR1 at step") == len(requeues(handle)), replica_logs(handle)
+    assert final_weights_equal(run, weights)
+    print(f"\ntime limit: {len(requeues(handle))} requeue(s); {signal_to_checkpoint(handle)}")
+
+
+def signal_to_checkpoint(handle: str) -> str:
+    """Seconds from the batch shell's SIGUSR1 to srun's end (checkpoint written), per run, from the batch log."""
+    times = re.findall(r"^(\d\d:\d\d:\d\d) (SIGUSR1|srun exited)", batch_log(handle), re.M)
+    secs = [int(h) * 3600 + int(m) * 60 + int(s) for (t, _) in times for h, m, s in [t.split(":")]]
+    pairs = [b - a for (a, (_, x)), (b, (_, y)) in zip(zip(secs, times), zip(secs[1:], times[1:])) if x == "SIGUSR1"]
+    return f"signal to srun's end: {pairs} s"
+
+
+@pytest.mark.parametrize("partition", ["debug", "cancel"], ids=["PreemptMode=REQUEUE", "PreemptMode=CANCEL"])
+def test_preempted_two_node_training_is_requeued_and_ends_with_the_uninterrupted_weights(
+    accounting_cluster, two_process_run, tmp_path, partition
+):
+    """Preemption by a job of a higher-priority partition: SIGTERM to the steps at once, the checkpoint within
+    GraceTime, and the batch script requeues the job itself. With CANCEL Slurm would not; with REQUEUE it would
+    only if the job were still running at the end of GraceTime."""
+    if PARTITION:
+        pytest.skip("needs the test cluster's partitions")
+    args, weights = two_process_run
+    run = tmp_path / "run"
+    out = torchx(
+        "run", "-s", "slurm", "-cfg", f"partition={partition},time=20:00",
+        "components/train.py:train", "--nnodes", "2", *SMALL, "--", *args, f"output_dir={run}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    handle = out.stdout.strip().splitlines()[-1]
+    wait_for_checkpoint(handle, run)
+    preempted_at = preempt(handle)
+    while status(handle) == "RUNNING" and time.time() - preempted_at < 120:
+        time.sleep(0.5)
+    stopped_after = time.time() - preempted_at
+    deadline = time.time() + 300
+    while status(handle) != "RUNNING" and time.time() < deadline:
+        time.sleep(0.5)
+    running_again_after = time.time() - preempted_at
+    assert wait(handle) == "SUCCEEDED", batch_log(handle) + replica_logs(handle)[-4000:]
+    assert requeues(handle) == ["preempted"], batch_log(handle)
+    assert replica_logs(handle).count("stopped: SIGTERM at step") == 1, replica_logs(handle)  # rank 0's line
+    assert final_weights_equal(run, weights)
+    print(
+        f"\n{partition}: preemption to job stopped {stopped_after:.0f} s, to running again {running_again_after:.0f} s"
+    )
+
+
+def test_preempted_two_node_batch_infer_is_requeued_and_writes_every_id_once(accounting_cluster, tiny_model, tmp_path):
+    if PARTITION:
+        pytest.skip("needs the test cluster's partitions")
     args = tiny_train(tiny_model, tmp_path, epochs=1)
     assert run_main("train", *args, f"output_dir={tmp_path / 'run'}").returncode == 0
     corpus = tmp_path / "corpus.jsonl"
@@ -298,9 +403,96 @@ def test_batch_infer_requeued_mid_run_writes_every_id_once(accounting_cluster, t
     deadline = time.time() + 300
     while len(list(out.glob("part-*"))) < 2 and time.time() < deadline:
         time.sleep(0.2)
-    assert not (out / "_SUCCESS").exists(), "the job finished before it could be requeued: make the input larger"
-    subprocess.run(["scontrol", "requeue", job_id(handle)], check=True)
-    assert wait(handle) == "SUCCEEDED", replica_logs(handle)[-4000:]
-    assert restarts(handle) == 1, batch_log(handle)
+    assert not (out / "_SUCCESS").exists(), "the job finished before it could be preempted: make the input larger"
+    preempt(handle)
+    assert wait(handle) == "SUCCEEDED", batch_log(handle) + replica_logs(handle)[-4000:]
+    assert requeues(handle) == ["preempted"], batch_log(handle)
     ids = pd.read_parquet(out)["id"]
     assert len(ids) == 20000 and ids.is_unique
+
+
+def test_a_requeue_that_fails_ends_the_job_failed(accounting_cluster, interrupted_run, tmp_path):
+    """`scontrol requeue` refused (JobRequeue=0 and --no-requeue sites, a slurmctld that does not answer): the job
+    must not read SUCCEEDED with its training unfinished."""
+    args, _ = interrupted_run
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text(
+        '#!/bin/bash\nif [ "$1" = requeue ]; then\n'
+        '    echo "Requested operation is presently disabled for job $2" >&2; exit 1\nfi\n'
+        'exec /usr/bin/scontrol "$@"\n'
+    )
+    (fake / "scontrol").chmod(0o755)
+    run = tmp_path / "run"
+    out = subprocess.run(
+        [*TORCHX, "run", "-s", "slurm", "-cfg", f"partition={PARTITION or 'debug'},time=20:00"]
+        + ["components/train.py:train", *SMALL, "--max_retries", "1", "--", *args, f"output_dir={run}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},  # sbatch passes it on to the batch script
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    handle = out.stdout.strip().splitlines()[-1]
+    wait_for_checkpoint(handle, run)
+    kill_the_worker(run)
+    assert wait(handle) == "FAILED", batch_log(handle)
+    assert "scontrol requeue" in batch_log(handle) and "failed" in batch_log(handle), batch_log(handle)
+    assert (ROOT / "outputs" / "slurm" / f"slurm-{job_id(handle)}.exit").read_text().strip() == "1"
+
+
+def test_list_shows_only_this_users_jobs(accounting_cluster):
+    other = os.environ.get("TEXT_RECIPES_SLURM_OTHER_USER", "tr-other")
+    if PARTITION:
+        pytest.skip("needs the test cluster's second user")
+    theirs = subprocess.run(
+        ["runuser", "-u", other, "--", "sbatch", "--parsable", "--chdir=/tmp", "--output=/dev/null"]
+        + [f"--partition={PARTITION or 'debug'}", "--mem=100", "--wrap=sleep 20"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = submit("utils.echo", "--msg", "mine")
+    listed = torchx("list", "-s", "slurm")
+    assert listed.returncode == 0, listed.stderr
+    ids = re.findall(r"slurm://torchx/(\d+)", listed.stdout)
+    assert job_id(ours) in ids and theirs not in ids, listed.stdout
+    subprocess.run(["scancel", theirs])
+    assert wait(ours) == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_each_task_holds_the_cpus_it_asked_for_with_binding_on(accounting_cluster, cpus):
+    """task/affinity binds each task to its CPUs: exactly the CPUs asked (a node has 2), never fewer."""
+    probe = "import os; print('cpus:', len(os.sched_getaffinity(0)))"
+    handle = submit("utils.sh", "--cpu", str(cpus), "--memMB", "500", "python3", "-c", probe)
+    assert wait(handle) == "SUCCEEDED", replica_logs(handle)
+    assert re.findall(r"cpus: (\d+)", replica_logs(handle)) == [str(cpus)], replica_logs(handle)
+
+
+def test_default_resources_that_no_node_holds_are_one_line_before_the_queue(accounting_cluster):
+    out = torchx("run", "-s", "slurm", "-cfg", f"partition={PARTITION or 'debug'}", "components/train.py:train",
+                 "--nnodes", "2")  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert re.search(r"asks mem=8192 MB, but the largest node of partition \S+ has \d+ MB", out.stderr), out.stderr
+    assert not re.search(r"slurm://torchx/\d+", out.stdout)
+
+
+def test_gpus_are_the_partitions_gres_of_the_type_asked(accounting_cluster):
+    """--gpus-per-node=TYPE:N from -cfg gpu_type (or the named resource): Slurm sets CUDA_VISIBLE_DEVICES; a type
+    the partition does not have is one line at submit."""
+    if PARTITION:
+        pytest.skip("needs the test cluster's GPUs")
+    probe = "import os; print('devices:', os.environ.get('CUDA_VISIBLE_DEVICES'))"
+    args = ["utils.sh", "--gpu", "2", "--memMB", "500", "python3", "-c", probe]
+    out = torchx("run", "-s", "slurm", "-cfg", "partition=debug,gpu_type=nvidia_h100_80gb_hbm3", *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    handle = out.stdout.strip().splitlines()[-1]
+    assert wait(handle) == "SUCCEEDED", replica_logs(handle)
+    assert "devices: 0,1" in replica_logs(handle)
+    refused = torchx("run", "-s", "slurm", "-cfg", "partition=debug,gpu_type=nvidia_a100-sxm4-80gb", *args)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert (
+        "GPU type nvidia_a100-sxm4-80gb: not in the GRES of partition debug (nvidia_h100_80gb_hbm3)" in refused.stderr
+    )

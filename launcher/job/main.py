@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from launcher.compose import compose
 from recipes.errors import PREEMPTED, Preempted, RecipeError
+from recipes.stopping import stop_on_signals
 
 COMMANDS = ("train", "evaluate", "infer")
 USAGE = f"""usage: python run.py {{{",".join(COMMANDS)}}} [key=value ...] [--cfg job [--resolve]] [--verbose]
@@ -79,6 +80,11 @@ def main(argv=None) -> None:
     unknown = [a for a in rest if a.startswith("-")]
     if unknown:
         _fail(f"{unknown[0]}: unknown option; see python run.py --help", 2, False)
+    with stop_on_signals(checkpoints=command == "train" and not show, restore=argv is not None):
+        _main(command, rest, show, resolve, verbose)
+
+
+def _main(command: str, rest: list, show: bool, resolve: bool, verbose: bool) -> None:
     try:
         cfg = compose(command, rest)
         if show:

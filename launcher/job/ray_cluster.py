@@ -7,6 +7,9 @@ Replica 0 starts the Ray head on PORT, waits until the nodes of all N replicas j
 command with RAY_ADDRESS set, stops its node and exits with the command's status. Every other
 replica joins the head at HOST:PORT and, once the head is gone (the driver ended), stops its node
 and exits 0. Each node has its own temp dir and random ports, so replicas can share a machine.
+PORT 0 is job_port(ID) (launcher/job/ports.py), which every replica derives alike, so two jobs on one
+machine do not collide; a job of one replica, which no other has to find, takes a free port instead.
+SIGTERM, SIGINT and SIGUSR1 (Slurm's warning before the time limit) stop the replica and its node.
 
 Ray runs with token authentication (RAY_AUTH_MODE=token). A job of one replica gets a random token.
 The replicas of a larger job each derive the same one, HMAC-SHA256(secret, job id), from a secret
@@ -31,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
+
+from launcher.job.ports import DERIVED, job_port
 
 SECRET_ENV = "TEXT_RECIPES_RAY_SECRET"
 SECRET_FILE = Path.home() / ".config" / "text-recipes" / "ray-secret"
@@ -321,7 +326,7 @@ def _say(message: str) -> None:
 def _address(value: str) -> Tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT (PORT 0: derived from the job id)")
     return host, int(port)
 
 
@@ -329,7 +334,9 @@ def parse(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
     parser = argparse.ArgumentParser(prog="python3 -m launcher.job.ray_cluster", description=__doc__.splitlines()[0])
     parser.add_argument("--replica-id", type=int, required=True, help="0 runs the head and the driver")
     parser.add_argument("--nnodes", type=int, required=True, help="replicas (Ray nodes) the driver waits for")
-    parser.add_argument("--head", type=_address, required=True, help="HOST:PORT of the head's GCS")
+    parser.add_argument(
+        "--head", type=_address, required=True, help="HOST:PORT of the head's GCS; PORT 0: derived from --job-id"
+    )
     parser.add_argument("--job-id", required=True, help="identifies the job; the Ray token is derived from it")
     parser.add_argument("--cpus", type=int, default=1, help="CPUs this node offers to Ray")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs this node offers to Ray")
@@ -338,18 +345,21 @@ def parse(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
     args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
     if args.replica_id == 0 and not command:
         parser.error("replica 0 needs the driver command after --")
+    host, port = args.head
+    if port == DERIVED:
+        args.head = host, job_port(args.job_id) if args.nnodes > 1 else free_port()
     return args, command
 
 
 def _terminate(signum, frame):
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the teardown short
     raise Terminated(signum)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     args, command = parse(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):  # SIGUSR1: Slurm's --signal before the time limit
         signal.signal(sig, _terminate)
     _become_subreaper()
     workdir = Path(tempfile.mkdtemp(prefix="tr-ray-"))  # short: Ray's unix sockets live under it

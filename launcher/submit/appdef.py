@@ -17,6 +17,7 @@ from torchx.specs.file_linter import TorchXArgumentHelpFormatter
 from torchx.specs.finder import ComponentValidationException
 
 from launcher.compose import compose
+from launcher.job.ports import DERIVED
 from recipes.errors import RecipeError
 
 # Env keys that name secrets: *TOKEN*, *SECRET*, *PASS*, *AUTH*, *CREDENTIAL*, *PRIVATE*, *APIKEY*, *KEY, *PAT.
@@ -128,8 +129,37 @@ def check_job(
         if value < least:
             _fail(f"--{arg}={value}: must be at least {least}")
     for arg, port in ports.items():
-        if not 1024 <= port <= 65535:
-            _fail(f"--{arg}={port}: expected a port from 1024 to 65535")
+        if port != DERIVED and not 1024 <= port <= 65535:
+            _fail(f"--{arg}={port}: expected a port from 1024 to 65535, or {DERIVED} to derive one from the job id")
+
+
+def replica_resource(cpu: int, gpu: int, memMB: int, h: Optional[str]) -> specs.Resource:
+    """What each replica asks for: the named resource `h` if given, else cpu/gpu/memMB."""
+    if h is not None and h not in specs.named_resources:
+        _fail(f"-h {h}: not a registered named resource (see the torchx.named_resources entry points)")
+    return specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
+
+
+def processes_per_node(nproc_per_node: Optional[int], resource: specs.Resource, h: Optional[str]) -> int:
+    """--nproc_per_node, by default one process per GPU of a replica (1 without GPUs); never more than its GPUs,
+    as each process takes a GPU of its own (torch.cuda.set_device(LOCAL_RANK))."""
+    if nproc_per_node is None:
+        return max(resource.gpu, 1)
+    nproc = _integer("nproc_per_node", nproc_per_node)
+    if 0 < resource.gpu < nproc:
+        gpus = f"-h {h}'s {resource.gpu} GPUs" if h else f"--gpu={resource.gpu}"
+        _fail(
+            f"--nproc_per_node={nproc}: more processes than GPUs per replica ({gpus}), and each process takes "
+            f"one GPU; use --nproc_per_node {resource.gpu} or fewer, or leave it out for one per GPU"
+        )
+    return nproc
+
+
+def port_map(name: str, port: int) -> Dict[str, int]:
+    """A role's port_map: the ports it listens on that are known when the AppDef is built (Kubernetes makes them
+    containerPorts, which must be 1-65535). A derived port (0) is known only in the job, and declaring it is not
+    needed: Volcano's Service is headless and its NetworkPolicy admits every port between the job's pods."""
+    return {} if port == DERIVED else {name: port}
 
 
 def check_overrides(command: str, overrides: List[str]) -> DictConfig:
@@ -150,7 +180,7 @@ def recipe_app(
     name: str,
     image: str,
     nnodes: int,
-    nproc_per_node: int,
+    nproc_per_node: Optional[int],
     cpu: Optional[int],
     gpu: int,
     memMB: Optional[int],
@@ -160,12 +190,15 @@ def recipe_app(
     rdzv_port: int,
 ) -> specs.AppDef:
     cpu, memMB = default_size(cpu, gpu, memMB)
+    resource = replica_resource(cpu, gpu, memMB, h)
+    nproc_per_node = processes_per_node(nproc_per_node, resource, h)
     check_job(name, nnodes, nproc_per_node, cpu, gpu, memMB, {"rdzv_port": rdzv_port}, h, max_retries)
     env = check_env(env)
     cfg = check_overrides(command, overrides)
     # evaluate writes next to its checkpoint unless given an output_dir
     arg, output = ("--output_dir", cfg.output_dir) if cfg.output_dir else ("--checkpoint", cfg.checkpoint)
-    # one node: a free port on localhost; several: c10d store on the rank-0 host, as in torchx's dist.ddp
+    # one node: a free port on localhost; several: c10d store on the rank-0 host, as in torchx's dist.ddp, on
+    # --rdzv_port, or where that is 0 (DERIVED) on the port launcher/job/elastic.py derives from --rdzv_id
     endpoint = "localhost:0" if nnodes == 1 else _noquote(f"$${{{specs.macros.rank0_env}:=localhost}}:{rdzv_port}")
     cmd = [
         "python3",
@@ -196,9 +229,9 @@ def recipe_app(
                 entrypoint="bash",
                 args=["-c", command_line(cmd)],
                 num_replicas=nnodes,
-                resource=specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h),
+                resource=resource,
                 env=env,
-                port_map={"c10d": rdzv_port},
+                port_map=port_map("c10d", rdzv_port if nnodes > 1 else DERIVED),
                 max_retries=max_retries,
                 metadata={NEEDS: {"outputs": {arg: str(output)}}},
             )

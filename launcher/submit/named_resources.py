@@ -1,8 +1,24 @@
 """Named resources (`-h <name>`) for the machines these jobs run on, registered on `torchx.named_resources`.
 
-Slurm GPU nodes: `slurm_<gpu>_<n>` asks for n GPUs of an 8-GPU node (HGX/DGX class), with 12 CPUs
-and 120 GiB of host memory per GPU: below what such nodes give a job, so the request fits after
-the OS and Slurm take their share (a request above a node's RealMemory would pend forever).
+Slurm GPU nodes: `slurm_<gpu>_<n>` asks for n GPUs of an 8-GPU SXM node (HGX/DGX class) with
+8 CPUs and 80 GiB of host memory per GPU (SLURM_PER_GPU): all 8 GPUs ask 64 CPUs and 640 GiB. A request
+above a node's CPUs or RealMemory pends forever, so this is sized to the smaller common nodes of these
+GPUs, after the OS and Slurm take their share (RealMemory, MemSpecLimit, CoreSpecCount):
+- 64 CPUs: the cores of a 2 x 32-core HGX server where Slurm counts cores; the other common 8-GPU nodes
+  have more (Compute Engine a2-highgpu-8g, AWS p4d.24xlarge, Azure ND96asr_v4: 96 vCPUs;
+  DGX H100: 112 cores; DGX A100: 128 cores).
+- 640 GiB: 40 GiB below the smallest, a2-highgpu-8g's 680 GiB, for the OS, slurmd and filesystem
+  clients; Azure ND96asr_v4 has 900 GiB, 1 TiB HGX/DGX A100 nodes about that after the OS, DGX H100 2 TiB.
+- per GPU that is at least the GPU's own memory on the host (loading a model, writing a checkpoint) and
+  8 CPUs for a trainer process with its data loading and tokenization; n < 8 GPUs ask n/8 of a node,
+  so 8/n such jobs share one.
+Each also names its GPU type, the Slurm GRES type, in its capabilities (SLURM_GPU_TYPE), which
+launcher/submit/slurm.py turns into --gpus-per-node=TYPE:n, so slurm_h100_80gb_8 never lands on the
+A100 nodes of a mixed partition. The types are the names Slurm's NVML AutoDetect (gres.conf
+AutoDetect=nvml) gives: the GPU's product name, lowercased, spaces made underscores
+(`nvidia-smi --query-gpu=name` "NVIDIA H100 80GB HBM3": nvidia_h100_80gb_hbm3). Sites name types
+themselves in gres.conf (`Name=gpu Type=h100 ...`; `sinfo -o %G` lists a partition's); where theirs
+differ, `-cfg gpu_type=TYPE` (the slurm scheduler's option) overrides the resource's.
 
 GKE nodes: `gke_<gpu>_<n>` is n GPUs (L4, A100 40/80 GB, H100) of the smallest machine type that has
 them, and `gke_tpu_<version>_<topology>` one host of a TPU slice (all its chips); a slice of several
@@ -18,7 +34,15 @@ from torchx.specs import Resource
 
 GiB = 1024
 
-SLURM_GPUS = {"a100_40gb": "A100 40GB", "a100_80gb": "A100 80GB", "h100_80gb": "H100 80GB"}
+# Resource.capabilities key: the GRES type of a Slurm resource's GPUs (launcher/submit/slurm.py reads it)
+SLURM_GPU_TYPE = "slurm/gpu_type"
+# name: GRES type, as NVML AutoDetect names the SXM GPUs of 8-GPU HGX/DGX nodes
+SLURM_GPUS = {
+    "a100_40gb": "nvidia_a100-sxm4-40gb",
+    "a100_80gb": "nvidia_a100-sxm4-80gb",
+    "h100_80gb": "nvidia_h100_80gb_hbm3",
+}
+SLURM_PER_GPU = (8, 80 * GiB)  # CPUs, memMB (MiB, as Slurm's --mem reads it) per GPU
 
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 GKE_TPU_ACCELERATOR = "cloud.google.com/gke-tpu-accelerator"
@@ -112,8 +136,9 @@ def gke_pod_size(machine: str) -> Tuple[int, int]:
     return int(cpu), int(memory * 2**30 / 10**6)  # torchx writes memMB as Kubernetes "M" (10^6 bytes)
 
 
-def _slurm_gpu_node(gpus: int) -> Callable[[], Resource]:
-    return lambda: Resource(cpu=12 * gpus, gpu=gpus, memMB=120 * GiB * gpus)
+def _slurm_gpu_node(gpu_type: str, gpus: int) -> Callable[[], Resource]:
+    cpu, memMB = SLURM_PER_GPU
+    return lambda: Resource(cpu=cpu * gpus, gpu=gpus, memMB=memMB * gpus, capabilities={SLURM_GPU_TYPE: gpu_type})
 
 
 def _gke_gpu_node(label: str, machine: str, gpus: int) -> Callable[[], Resource]:
@@ -169,7 +194,7 @@ def tpu_slice(resource: Resource) -> Optional[TpuSlice]:
 
 
 NAMED_RESOURCES: Dict[str, Callable[[], Resource]] = {
-    **{f"slurm_{gpu}_{n}": _slurm_gpu_node(n) for gpu in SLURM_GPUS for n in (1, 2, 4, 8)},
+    **{f"slurm_{gpu}_{n}": _slurm_gpu_node(gpu_type, n) for gpu, gpu_type in SLURM_GPUS.items() for n in (1, 2, 4, 8)},
     **{
         f"gke_{gpu}_{n}": _gke_gpu_node(label, machine, n)
         for gpu, (label, machines) in GKE_GPUS.items()

@@ -496,3 +496,38 @@ def test_gpus_are_the_partitions_gres_of_the_type_asked(accounting_cluster):
     assert (
         "GPU type nvidia_a100-sxm4-80gb: not in the GRES of partition debug (nvidia_h100_80gb_hbm3)" in refused.stderr
     )
+
+
+@pytest.mark.parametrize("accounting", [True, False], ids=["accounting", "no-accounting"])
+def test_log_follow_survives_slurm_not_answering_for_a_while(accounting, tmp_path):
+    """squeue, sacct and scontrol all fail for 8 s while `torchx log -t` follows a running job (slurmctld busy or
+    restarting): it keeps following and shows every line the job wrote."""
+    cluster(accounting)
+    fake, outage = tmp_path / "bin", tmp_path / "outage"
+    fake.mkdir()
+    for command in ("squeue", "sacct", "scontrol"):
+        (fake / command).write_text(
+            f'#!/bin/bash\nif [ -e {outage} ]; then echo "{command}: error: Socket timed out" >&2; exit 1; fi\n'
+            f'exec /usr/bin/{command} "$@"\n'
+        )
+        (fake / command).chmod(0o755)
+    handle = submit("utils.sh", "--memMB", "500", "bash", "-c", "for i in $(seq 1 12); do echo line-$i; sleep 2; done")
+    follow = subprocess.Popen(
+        [*TORCHX, "log", "-t", handle],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"},
+    )
+    seen = []
+    for line in follow.stdout:
+        seen.append(line)
+        if "line-3" in line and not outage.exists():
+            outage.touch()
+            started = time.time()
+        if outage.exists() and time.time() - started > 8:
+            outage.unlink()
+    assert follow.wait(timeout=120) == 0
+    assert all(any(f"line-{i}" in s for s in seen) for i in range(1, 13)), "".join(seen)
+    assert wait(handle) == "SUCCEEDED"

@@ -223,7 +223,12 @@ def test_status_reads_the_role_from_the_job_name_and_exit_records(tmp_path, monk
     scheduler = slurm.SlurmScheduler("test")
     monkeypatch.chdir(tmp_path)
     (tmp_path / slurm.LOG_DIR).mkdir(parents=True)
-    for record, state in (("cancelled", AppState.CANCELLED), ("requeued", AppState.CANCELLED), ("0", None)):
+    for record, state in (
+        ("cancelled", AppState.CANCELLED),
+        ("requeued", AppState.CANCELLED),
+        ("killed", AppState.FAILED),
+        ("0", None),
+    ):
         (tmp_path / slurm.LOG_DIR / "slurm-9.exit").write_text(record + "\n")
         assert scheduler._exit_record("9").state == (state or AppState.SUCCEEDED)
 
@@ -275,3 +280,20 @@ def test_a_slurm_submit_says_nothing_of_images_or_workspaces():
     )
     assert out.returncode == 0 and "loaded configs" in out.stderr, out.stderr  # TorchX's log lines are here
     assert "image" not in out.stderr.lower() and "workspace" not in out.stderr.lower(), out.stderr
+
+
+def test_an_sbatch_refusal_is_one_line_in_slurms_words(tmp_path):
+    (tmp_path / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account or account/partition' >&2\n"
+        "exit 1\n"
+    )
+    (tmp_path / "sbatch").chmod(0o755)
+    out = run_torchx(
+        "run", "-s", "slurm", "-cfg", "partition=gpu,account=nope", "components/train.py:train", *SMALL,
+        env={"PATH": f"{tmp_path}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert (
+        "sbatch refused the job (exit 1): sbatch: error: Batch job submission failed: Invalid account or "
+        "account/partition" in out.stderr
+    )

@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -119,6 +120,7 @@ on_usr1() {
 on_term() {  # the job is being killed: scancel, or its time limit (a preemption signals only the steps)
     [ -n "$stop" ] || stop=term
     echo "$(date +%T) SIGTERM"
+    echo killed > "$record.exit"  # what status reads if SIGKILL comes before srun ends
 }
 trap on_usr1 USR1
 trap on_term TERM
@@ -396,14 +398,28 @@ class SlurmScheduler(base.SlurmScheduler):
         return "gres" if any("gpu" in n["gres"] for n in nodes) else "exclusive"
 
     def schedule(self, dryrun_info) -> str:
+        """TorchX's, with sbatch's refusal as one line in Slurm's words instead of a CalledProcessError."""
         req = dryrun_info.request
-        os.makedirs(os.path.join(req.job_dir or "", LOG_DIR), exist_ok=True)  # sbatch opens --output first
-        try:
-            return super().schedule(dryrun_info)
-        except subprocess.CalledProcessError as e:
-            message = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-            _fail(f"sbatch exited with code {e.returncode}: {message[-1] if message else 'no message'}")
-            raise
+        job_dir = req.job_dir
+        os.makedirs(os.path.join(job_dir or "", LOG_DIR), exist_ok=True)  # sbatch opens --output first
+        with tempfile.TemporaryDirectory() as tmpdir:
+            path = os.path.join(job_dir or tmpdir, "torchx-sbatch.sh")
+            if job_dir is not None:
+                req.cmd += [f"--chdir={job_dir}"]
+            req.cmd += [path]
+            with open(path, "w") as f:
+                f.write(req.materialize())
+            try:
+                done = subprocess.run(req.cmd, capture_output=True, text=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                _fail(f"sbatch did not run: {e}")
+            if done.returncode != 0:
+                lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+                _fail(f"sbatch refused the job (exit {done.returncode}): {lines[-1] if lines else 'no message'}")
+            job_id = done.stdout.strip().split(";")[0]
+            if job_dir is not None:
+                base._save_job_dir(job_id, job_dir)
+            return job_id
 
     # ---- status
     def describe(self, app_id: str) -> Optional[DescribeAppResponse]:
@@ -462,6 +478,12 @@ class SlurmScheduler(base.SlurmScheduler):
         if code == "requeued":  # and the job has gone from the queue since: cancelled while pending
             return DescribeAppResponse(
                 app_id=app_id, state=AppState.CANCELLED, msg=f"requeued, then left the queue without running ({record})"
+            )
+        if code == "killed":
+            return DescribeAppResponse(
+                app_id=app_id,
+                state=AppState.FAILED,
+                msg=f"killed by Slurm (scancel, time limit or preemption) before its batch script ended ({record})",
             )
         if code == "cancelled":
             roles = self._roles_from_logs(app_id)

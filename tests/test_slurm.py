@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import ROOT, make_rows, run_main
+from tests.conftest import ROOT, make_rows, run_cli, run_main
 
 pytestmark = pytest.mark.slurm
 
@@ -54,9 +54,9 @@ def torchx(*args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run([*TORCHX, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def submit(*args) -> str:
+def submit(*args, partition=None, cfg="time=20:00") -> str:
     """`torchx run -s slurm ...` -> the app handle; submitting must exit 0 in either accounting mode."""
-    out = torchx("run", "-s", "slurm", "-cfg", f"partition={PARTITION or 'debug'},time=20:00", *args)
+    out = torchx("run", "-s", "slurm", "-cfg", f"partition={partition or PARTITION or 'debug'},{cfg}", *args)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     handle = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"slurm://torchx/\d+", handle), out.stdout
@@ -127,7 +127,7 @@ def test_gpu_request_auto_reads_the_partitions_gres(accounting_cluster):
     gres = subprocess.run(
         ["sinfo", "--noheader", "--format=%G", f"--partition={partition}"], capture_output=True, text=True, check=True
     ).stdout
-    app = materialize_appdef(train, ["--gpu", "1"])
+    app = materialize_appdef(train, ["--gpu", "1", *SMALL])
     script = get_runner().dryrun(app, "slurm", cfg={"partition": partition}).request.materialize()
     assert ("--gpus-per-node=1" in script) == ("gpu" in gres) and ("--exclusive" in script) == ("gpu" not in gres)
 
@@ -201,10 +201,13 @@ def test_two_node_train_then_evaluate_then_two_node_batch_infer(accounting_clust
 
 @pytest.fixture(scope="module")
 def interrupted_run(tiny_model, tmp_path_factory):
-    """(the overrides of a 30-epoch tiny training run, the final weights of that run uninterrupted)."""
+    """(the overrides of a 30-epoch tiny training run, the final weights of that run uninterrupted). One thread, as
+    the jobs have: bound to the one CPU they ask for (SMALL), torch uses one, and another count sums in another
+    order."""
     data = tmp_path_factory.mktemp("interrupted")
     args = tiny_train(tiny_model, data, epochs=30) + ["trainer.save_every=40", "trainer.eval_every=120"]
-    assert run_main("train", *args, f"output_dir={data / 'straight'}").returncode == 0
+    straight = run_cli("train", *args, f"output_dir={data / 'straight'}", env={"OMP_NUM_THREADS": "1"})
+    assert straight.returncode == 0, straight.stderr[-3000:]
     weights = torch.load(sorted((data / "straight" / "checkpoints").glob("step_*.pt"))[-1], weights_only=False)["model"]
     return args, weights
 
@@ -319,12 +322,10 @@ def test_two_node_training_at_its_time_limit_checkpoints_requeues_and_ends_with_
     SUCCEEDED."""
     args, weights = two_process_run
     run = tmp_path / "run"
-    out = torchx(
-        "run", "-s", "slurm", "-cfg", f"partition={PARTITION or 'debug'},time=2,signal_seconds=45",
+    handle = submit(
         "components/train.py:train", "--nnodes", "2", *SMALL, "--", *args, f"output_dir={run}",
+        cfg="time=2,signal_seconds=45",
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    handle = out.stdout.strip().splitlines()[-1]
     assert wait(handle, timeout=1500) == "SUCCEEDED", batch_log(handle) + replica_logs(handle)[-4000:]
     assert requeues(handle) and set(requeues(handle)) == {"timelimit"}, batch_log(handle)
     assert replica_logs(handle).count("stopped: SIGUSR1 at step") == len(requeues(handle)), replica_logs(handle)
@@ -351,12 +352,9 @@ def test_preempted_two_node_training_is_requeued_and_ends_with_the_uninterrupted
         pytest.skip("needs the test cluster's partitions")
     args, weights = two_process_run
     run = tmp_path / "run"
-    out = torchx(
-        "run", "-s", "slurm", "-cfg", f"partition={partition},time=20:00",
-        "components/train.py:train", "--nnodes", "2", *SMALL, "--", *args, f"output_dir={run}",
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    handle = out.stdout.strip().splitlines()[-1]
+    handle = submit(
+        "components/train.py:train", "--nnodes", "2", *SMALL, "--", *args, f"output_dir={run}", partition=partition
+    )
     wait_for_checkpoint(handle, run)
     preempted_at = preempt(handle)
     while status(handle) == "RUNNING" and time.time() - preempted_at < 120:

@@ -1,14 +1,17 @@
 """TorchX's Slurm scheduler for clusters as they are; `torchx run -s slurm` gets this one.
 
 It is torchx 0.7.0's SlurmScheduler (one heterogeneous sbatch job, one group per replica) with:
-- status and `torchx list` without accounting: squeue, then sacct, then `scontrol show job`, then
-  the exit status the batch script records, so a job is never "unknown" while its logs exist;
+- status without accounting: squeue, then sacct, then `scontrol show job`, then the exit record the
+  batch script writes, so a job is never "unknown" while its logs exist; `torchx list`: this user's jobs;
 - logs in outputs/slurm/ of the job's directory (the submit directory, or job_dir): no slurm-*.out
   in the checkout; appended across requeues; `torchx log` shows stdout and stderr unless --streams picks one;
-- preemption: sbatch --signal sends SIGUSR1 `signal_seconds` before the time limit; training
-  checkpoints and exits with PREEMPTED, which requeues the job without using up --max_retries;
-- GPUs: --gpus-per-node where the partition has gpu GRES, else whole nodes (--exclusive).
-Tested against Slurm 22.05 (Debian 12), with and without slurmdbd.
+- a batch script that requeues the job on a time limit (SIGUSR1 `signal_seconds` before it, to the batch
+  shell) and on preemption whatever the site's PreemptMode, counts failures (--max_retries) and time
+  limits (timelimit_requeues) in its own record, and fails when a requeue is refused (BATCH_SCRIPT);
+- GPUs: --gpus-per-node[=TYPE:N] where the partition has gpu GRES, else whole nodes (--exclusive);
+- what Slurm would refuse or never schedule (unknown -cfg keys, requests no node holds, a GPU type the
+  partition lacks) refused in one line before the queue, and sbatch's own refusal in one line.
+Tested against Slurm 22.05 (Debian 12), with and without slurmdbd; docs/schedulers/slurm.md.
 """
 
 import csv

@@ -110,7 +110,6 @@ def batch_script(tmp_path, failure_retries=1, timelimit_requeues=2) -> Path:
         replicas={},
         job_dir=None,
         max_retries=failure_retries,
-        failure_retries=failure_retries,
         timelimit_requeues=timelimit_requeues,
     )
     body = request.materialize().replace("srun  &", "srun &")

@@ -11,7 +11,7 @@ module's (recipes/tasks/).
 import math
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omegaconf import MISSING, OmegaConf
 
@@ -94,7 +94,8 @@ class EvaluateConfig:
     output_dir: Optional[str] = MISSING  # null: <run>/eval-<data.name>-<split>-<hash of the data config>
     overwrite: bool = MISSING  # replace an earlier evaluation in output_dir
     batch_size: int = MISSING
-    precision: str = MISSING
+    precision: str = MISSING  # fp32, bf16 or int8
+    engine: str = MISSING  # torch or onnx
     device: str = MISSING
 
 
@@ -113,7 +114,8 @@ class InferConfig:
     output_format: str = MISSING  # parquet or jsonl
     strict: bool = MISSING  # a bad row ends the job instead of being counted and skipped
     overwrite: bool = MISSING  # replace what another job left in output
-    precision: str = MISSING  # auto, fp32, bf16 or int8 (CPU: dynamic quantization of the linear layers)
+    precision: str = MISSING  # fp32, bf16 or int8 (CPU: dynamic quantization of the linear layers)
+    engine: str = MISSING  # auto (ONNX Runtime where it can run the model, else torch), torch or onnx
     batch_size: Optional[int] = MISSING  # rows per forward pass; null: 16 on CPU (8 at int8), 64 on GPUs
     block_rows: int = MISSING  # input rows per output shard: the unit that is sorted by length and committed
     actors: Optional[int] = (
@@ -133,7 +135,8 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll")
 PRECISIONS = ("auto", "bf16", "fp32")
 INFER_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 OUTPUT_FORMATS = ("parquet", "jsonl")
-INFER_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+INFER_PRECISIONS = ("fp32", "bf16", "int8")
+ENGINES = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda", "tpu")
 # transformers schedulers that need nothing beyond (optimizer, warmup steps, total steps) and step once per
 # optimizer step; the others want extra arguments (min_lr, decay steps) or a metric (reduce_lr_on_plateau).
@@ -342,7 +345,7 @@ def check_evaluate(cfg) -> None:
     _one_of(cfg, "", "split", SPLITS)
     check_data(cfg.data, needed=(cfg.split,))
     _at_least(cfg, "", "batch_size", 1)
-    _one_of(cfg, "", "precision", PRECISIONS)
+    check_inference_settings(cfg, cfg.device not in ("auto", "cpu"), ENGINES[1:])
     _one_of(cfg, "", "device", DEVICES)
     check_output_dir(cfg.output_dir)
 
@@ -376,15 +379,7 @@ def check_infer(cfg) -> None:
         cfg.output_format,
         f"expected one of {', '.join(OUTPUT_FORMATS)}",
     )
-    require(
-        cfg.precision in INFER_PRECISIONS, "precision", cfg.precision, f"expected one of {', '.join(INFER_PRECISIONS)}"
-    )
-    require(
-        not (cfg.precision == "int8" and cfg.gpus_per_actor > 0),
-        "precision",
-        cfg.precision,
-        "int8 (dynamic quantization) runs on CPU only; use auto, bf16 or fp32 with gpus_per_actor > 0",
-    )
+    check_inference_settings(cfg, cfg.gpus_per_actor > 0, ENGINES)
     for key in ("block_rows", "threads_per_actor"):
         require(cfg[key] >= 1, key, cfg[key], "must be at least 1")
     require(
@@ -401,6 +396,33 @@ def check_infer(cfg) -> None:
     )
     require(cfg.gpus_per_actor >= 0, "gpus_per_actor", cfg.gpus_per_actor, "must be >= 0")
     require(cfg.cpus_per_actor > 0, "cpus_per_actor", cfg.cpus_per_actor, "must be > 0 (fractions allowed)")
+
+
+def check_inference_settings(cfg, gpu: bool, engines: Tuple[str, ...]) -> None:
+    """precision and engine of evaluate and infer: fp32 unless asked, since a lossier one changes the answers."""
+    require(
+        cfg.precision != "auto",
+        "precision",
+        cfg.precision,
+        "evaluation and batch inference run fp32 unless told otherwise (auto, which picked bf16 on CPUs with fast "
+        "bf16, changed 7-37 % of label sets); use fp32, or bf16 or int8 knowing their cost (docs/batch-inference.md)",
+    )
+    require(
+        cfg.precision in INFER_PRECISIONS, "precision", cfg.precision, f"expected one of {', '.join(INFER_PRECISIONS)}"
+    )
+    require(cfg.engine in engines, "engine", cfg.engine, f"expected one of {', '.join(engines)}")
+    require(
+        not (cfg.precision == "int8" and gpu),
+        "precision",
+        cfg.precision,
+        "int8 (dynamic quantization) runs on CPU only; use fp32 or bf16 on GPUs",
+    )
+    require(
+        not (cfg.engine == "onnx" and (gpu or cfg.precision == "bf16")),
+        "engine",
+        cfg.engine,
+        "ONNX Runtime runs fp32 or int8 on CPU here; use engine=torch for bf16 or GPUs",
+    )
 
 
 CHECKS: Dict[str, Callable] = {"train": check_train, "evaluate": check_evaluate, "infer": check_infer}

@@ -10,13 +10,15 @@ import hashlib
 import json
 import logging
 
+import torch
 from omegaconf import OmegaConf
 
 from recipes import data, storage, tasks
 from recipes.checkpoint import RunDir
 from recipes.errors import RecipeError
-from recipes.model import attn_implementation, model_dir_of
-from recipes.runtime import Runtime, autocast_dtype
+from recipes.infer_predict import DTYPES, load_for_inference, resolve_engine
+from recipes.model import model_dir_of
+from recipes.runtime import Runtime
 
 log = logging.getLogger("text_recipes")
 
@@ -26,7 +28,10 @@ OUTPUTS = ("metrics.json", "predictions.jsonl")  # and the task's plots (*.png)
 
 def default_output_dir(model_dir: str, cfg) -> str:
     """<run>/eval-<data>-<split>-<hash>: evaluations on other data or splits never share a directory."""
-    inputs = json.dumps([OmegaConf.to_container(cfg.data, resolve=True), cfg.split], sort_keys=True)
+    inputs = [OmegaConf.to_container(cfg.data, resolve=True), cfg.split]
+    if (cfg.engine, cfg.precision) != ("torch", "fp32"):  # what a setting costs is measured beside fp32's result
+        inputs += [cfg.engine, cfg.precision]
+    inputs = json.dumps(inputs, sort_keys=True)
     digest = hashlib.sha1(inputs.encode()).hexdigest()[:8]
     return storage.join(storage.parent(model_dir), f"eval-{cfg.data.name}-{cfg.split}-{digest}")
 
@@ -45,14 +50,32 @@ def check_output_dir(run: RunDir, overwrite: bool) -> None:
         )
 
 
+def load(model_dir: str, cfg, rt: Runtime):
+    """(model, tokenizer, task) at the engine and precision asked; for ONNX Runtime, rank 0 exports the model first
+    where its cache has no export (recipes/onnx_engine.py)."""
+    if cfg.precision == "int8" and rt.device.type != "cpu":
+        raise RecipeError(f"precision=int8: dynamic quantization runs on CPU only (device: {rt.device.type})")
+    local, key = storage.local_model_dir(model_dir), None
+    if cfg.engine == "onnx":
+        from transformers import AutoConfig
+
+        from recipes import onnx_engine
+
+        task = tasks.of_model(AutoConfig.from_pretrained(local), f"checkpoint={model_dir}")
+        resolve_engine("onnx", task, rt.device, cfg.precision, f"checkpoint={model_dir}")
+        if rt.is_main:
+            onnx_engine.prepare(local, model_dir, task.name, cfg.precision)
+        rt.barrier()
+        key = onnx_engine.cache_key(local)
+    return load_for_inference(local, cfg.precision, rt.device, cfg.engine, key, torch.get_num_threads())
+
+
 def evaluate(cfg, rt: Runtime) -> dict:
     model_dir = model_dir_of(str(cfg.checkpoint))
     run = RunDir(cfg.output_dir or default_output_dir(model_dir, cfg))
     check_output_dir(run, cfg.overwrite)
     run.check_writable()
-    dtype = autocast_dtype(cfg.precision, rt.device)
-    model, tokenizer, task = tasks.load_trained(model_dir, attn_implementation(None, rt.device, dtype))
-    model.to(rt.device)
+    model, tokenizer, task = load(model_dir, cfg, rt)
     tables = data.load_splits(cfg.data, task, needed=(cfg.split,))
     if cfg.split not in tables:
         raise RecipeError(
@@ -61,11 +84,13 @@ def evaluate(cfg, rt: Runtime) -> dict:
         )
     table = tables[cfg.split]
     encoded = task.encode(table, tokenizer, tokenizer.model_max_length)
-    predictions = task.predict(model, encoded, rt, cfg.batch_size, dtype, tokenizer)
+    predictions = task.predict(model, encoded, rt, cfg.batch_size, DTYPES[cfg.precision], tokenizer)
     result = {
         "checkpoint": model_dir,
         "data": table.source,
         "examples": len(table.rows),
+        "engine": cfg.engine,
+        "precision": cfg.precision,
         **task.score(predictions, encoded),
     }
     if not rt.is_main:

@@ -9,7 +9,6 @@ kill -9 predicts only the blocks not yet committed.
 """
 
 import contextlib
-import hashlib
 import logging
 import os
 import secrets
@@ -46,19 +45,6 @@ def _load_model_info(model_dir: str):
     except (OSError, ValueError) as e:
         raise RecipeError(f"model_dir={model_dir}: cannot load ({str(e).strip().splitlines()[0]})") from None
     return local, config, tokenizer
-
-
-def _digest(directory: str) -> str:
-    """Content hash of a model directory: a retrained model at the same path is another model."""
-    h = hashlib.sha256()
-    for root, _, names in sorted(os.walk(directory)):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            h.update(os.path.relpath(path, directory).encode() + b"\0")
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
 
 
 def _columns(cfg, config, task) -> Columns:
@@ -159,6 +145,15 @@ def _pool_size(cfg) -> int:
     return actors
 
 
+def _engine(cfg, task) -> str:
+    import torch
+
+    from recipes.infer_predict import resolve_engine
+
+    device = torch.device("cuda" if cfg.gpus_per_actor > 0 else "cpu")
+    return resolve_engine(cfg.engine, task, device, cfg.precision, f"model_dir={cfg.model_dir}")
+
+
 def _skip(markers: Dict[str, dict]) -> Dict[int, FrozenSet[int]]:
     done: Dict[int, set] = {}
     for name in markers:
@@ -181,7 +176,7 @@ def _unwrap(e: BaseException) -> BaseException:
     return e
 
 
-def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers) -> None:
+def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers, engine, onnx_key) -> None:
     import ray
 
     from recipes.infer_pipeline import READ_CPUS, BlockSource, Predictor, PredictSpec, ReadSpec
@@ -193,6 +188,8 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
         cfg.model_dir,
         local_model,
         cfg.precision,
+        engine,
+        onnx_key,
         cfg.gpus_per_actor > 0,
         cfg.threads_per_actor,
         cfg.batch_size or default_batch_size(cfg.precision, cfg.gpus_per_actor > 0),
@@ -222,7 +219,14 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
     done_bytes = sum(m["bytes"] for m in markers.values())
     rows = 0
     start = time.perf_counter()
-    log.info("%d input file(s), %d block(s) committed before; %d predictor actor(s)", len(files), len(markers), actors)
+    log.info(
+        "%d input file(s), %d block(s) committed before; %d predictor actor(s), %s %s",
+        len(files),
+        len(markers),
+        actors,
+        engine,
+        cfg.precision,
+    )
     with tqdm(
         total=total,
         initial=done_bytes,
@@ -256,12 +260,13 @@ def infer(cfg) -> dict:
     max_length = _max_length(cfg, config, tokenizer)
     files = list_files(cfg.input, cfg.format, columns)
     job = {
-        "model_sha256": _digest(local_model),
+        "model_sha256": storage.model_sha256(local_model),
         "files": [[f.name, f.size] for f in files],
         "columns": {"text": columns.text, "pair": columns.pair, "id": columns.id, "names": columns.names},
         "settings": {k: cfg[k] for k in ("max_length", "precision", "block_rows", "output_format")},
         "task": {k: task.cfg[k] for k in tasks.module(task.name).OPTIONS},
     }
+    engine = _engine(cfg, task)
     out = OutputDir(cfg.output)
     finished = prepare(out, job, cfg.overwrite)
     if finished is not None:
@@ -270,10 +275,15 @@ def infer(cfg) -> dict:
             f"(complete already: {finished['predicted']} rows predicted, {finished['skipped']} skipped)"
         )
         return finished
+    onnx_key = None
+    if engine == "onnx":  # after the output's checks: they are quick, an export is not
+        from recipes import onnx_engine
+
+        onnx_key = onnx_engine.prepare(local_model, cfg.model_dir, task.name, cfg.precision)
     markers = committed(out)
     with ray_session():
         pipeline_start = time.time()
-        _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers)
+        _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers, engine, onnx_key)
         pipeline_seconds = time.time() - pipeline_start
     after = committed(out)
     counts = totals(after)
@@ -295,8 +305,11 @@ def infer(cfg) -> dict:
         manifest["actors_used"] = len({m["actor"] for m in this_run})
     finish(out, manifest)
     bad = ", ".join(f"{reason} {n}" for reason, n in counts["bad_rows"].items())
+    if counts["truncated"]:
+        log.info("%d rows longer than max_length=%d tokens were truncated to it", counts["truncated"], max_length)
     print(
         f"output: {cfg.output}\nrows:   {counts['predicted']} predicted, {skipped} skipped"
         + (f" (bad rows: {bad}; see _errors.jsonl)" if bad else "")
+        + f"\nengine: {', '.join(counts['engine'])}, {', '.join(counts['precision'])}"
     )
     return manifest

@@ -161,7 +161,11 @@ def totals(markers: Dict[str, dict]) -> dict:
         "rows": sum(m["rows"] for m in markers.values()),
         "predicted": sum(m["predicted"] for m in markers.values()),
         "bad_rows": dict(sorted(bad.items())),
+        # rows longer than max_length, predicted from their first max_length tokens: expected, so not bad rows
+        "truncated": sum(m.get("truncated", 0) for m in markers.values()),
         "shards": len(markers),
+        # engine and precision of each run that committed blocks (markers before engines were recorded: torch)
+        "engine": sorted({m.get("engine", "torch") for m in markers.values()}),
         "precision": sorted({m["precision"] for m in markers.values()}),
     }
 

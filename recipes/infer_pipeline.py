@@ -34,7 +34,6 @@ from recipes.infer_output import OutputDir, commit_shard, shard_name
 # A read task's CPU reservation: small, so the actors (cpus_per_actor each) never take every CPU
 # and leave the read tasks that feed them waiting (a deadlock on 2-core machines).
 READ_CPUS = 0.25
-TRUNCATED = "truncated"
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,8 @@ class PredictSpec:
     model_dir: str  # as given: local path or URL
     local_model_dir: str  # the driver's copy: used where visible (same node or shared filesystem)
     precision: str
+    engine: str  # torch or onnx
+    onnx_key: Optional[str]  # engine onnx: the model's checked export (recipes/onnx_engine.py)
     use_gpu: bool
     threads: int
     batch_size: int
@@ -78,19 +79,16 @@ def _unpack(data: bytes) -> pa.Table:
 
 
 def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) -> pa.Table:
-    """One row per input row: id, line, the task's encoded columns (null for a bad row), and the reason a row is
-    reported."""
+    """One row per input row: id, line, the task's encoded columns (null for a bad row), the reason a row is
+    reported, and whether it was truncated to max_length (counted, not reported: that is expected)."""
     reasons = [e[0] if e else None for e in block.errors]
     details = [e[1] if e else None for e in block.errors]
     good = [i for i, e in enumerate(block.errors) if e is None]
     pairs = [block.pairs[i] for i in good] if spec.columns.pair is not None else None
     enc = spec.task.encode_block(tokenizer, [block.texts[i] for i in good], pairs, spec.max_length)
+    truncated = [False] * len(block.lines)
     for j, i in enumerate(good):
-        if enc.truncated[j]:
-            reasons[i], details[i] = (
-                TRUNCATED,
-                f"longer than max_length={spec.max_length} tokens: predicted from the first {spec.max_length}",
-            )
+        truncated[i] = bool(enc.truncated[j])
     if spec.strict:
         for line, detail in zip(block.lines, details):
             if detail is not None:
@@ -99,6 +97,7 @@ def encode_block(block: RawBlock, file: InputFile, spec: ReadSpec, tokenizer) ->
         "id": pa.array(block.ids, pa.string()),
         "line": pa.array(block.lines, pa.int64()),
         "skipped": pa.array([e is not None for e in block.errors], pa.bool_()),
+        "truncated": pa.array(truncated, pa.bool_()),
         "reason": pa.array(reasons, pa.string()),
         "detail": pa.array(details, pa.string()),
     }
@@ -150,23 +149,19 @@ class Predictor:
 
     def __init__(self, spec: PredictSpec):
         import torch
-        from transformers import AutoTokenizer
 
-        from recipes.infer_predict import Runner, load_for_inference
+        from recipes.infer_predict import DTYPES, Runner, load_for_inference
 
         torch.set_num_threads(spec.threads)  # Ray caps an actor's threads at its (fractional) CPU grant otherwise
         self.spec = spec
         device = torch.device("cuda" if spec.use_gpu else "cpu")
         model_dir = spec.local_model_dir if os.path.isdir(spec.local_model_dir) else self._download(spec.model_dir)
-        model, self.precision, dtype = load_for_inference(model_dir, spec.precision, device)
+        model, tokenizer, _ = load_for_inference(
+            model_dir, spec.precision, device, spec.engine, spec.onnx_key, spec.threads
+        )
         pad = model.config.pad_token_id
         self.runner = Runner(
-            model,
-            AutoTokenizer.from_pretrained(model_dir),
-            device,
-            dtype,
-            spec.batch_size,
-            0 if pad is None else int(pad),
+            model, tokenizer, device, DTYPES[spec.precision], spec.batch_size, 0 if pad is None else int(pad)
         )
         self.out = OutputDir(spec.output)
 
@@ -200,9 +195,11 @@ class Predictor:
         summary = {
             "rows": unit["rows"],
             "predicted": good.num_rows,
+            "truncated": pc.sum(good.column("truncated")).as_py() or 0,
             "bad": bad,
             "bytes": unit["bytes"],
-            "precision": self.precision,
+            "engine": spec.engine,
+            "precision": spec.precision,
             "started": started,
             "ended": time.time(),
             "actor": f"{socket.gethostname()}:{os.getpid()}",

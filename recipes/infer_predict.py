@@ -12,17 +12,27 @@ import torch
 from recipes import tasks
 from recipes.errors import RecipeError
 from recipes.model import attn_implementation
-from recipes.runtime import autocast_dtype
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: quantized weights
 
 
-def resolve_precision(precision: str, device: torch.device) -> Tuple[str, torch.dtype]:
-    """(precision name, autocast dtype): `auto` follows training's rule, bf16 only where it is faster."""
-    if precision == "int8":
-        if device.type != "cpu":
-            raise RecipeError("precision=int8: dynamic quantization runs on CPU only; use auto, bf16 or fp32 on GPUs")
-        return "int8", torch.float32
-    dtype = autocast_dtype(precision, device)
-    return ("bf16" if dtype == torch.bfloat16 else "fp32"), dtype
+def resolve_engine(engine: str, task, device: torch.device, precision: str, where: str) -> str:
+    """torch or onnx. auto: ONNX Runtime where it runs the model's task at that precision (encoder tasks on CPU, fp32
+    or int8, onnxruntime installed), else torch. onnx where it cannot: one line."""
+    from recipes import onnx_engine
+
+    reasons = [
+        (device.type != "cpu", f"it runs on CPU only (device: {device.type})"),
+        (not task.onnx, f"{task.name} models run on torch (generation)"),
+        (precision not in onnx_engine.FILES, f"it runs {' or '.join(onnx_engine.FILES)}, not {precision}"),
+        (not onnx_engine.available(), "onnxruntime is not installed (pip install '.[onnx]')"),
+    ]
+    cannot = [reason for failed, reason in reasons if failed]
+    if engine == "onnx" and cannot:
+        raise RecipeError(f"engine=onnx: {cannot[0]} ({where}); use engine=torch or auto")
+    if engine == "auto":
+        return "torch" if cannot else "onnx"
+    return engine
 
 
 def default_batch_size(precision: str, use_gpu: bool) -> int:
@@ -49,20 +59,24 @@ def _keep_freed_memory() -> None:
         mallopt(m_trim_threshold, 1 << 30)  # ...and do not give the heap back until 1 GB of it is free
 
 
-def load_for_inference(model_dir: str, precision: str, device: torch.device):
-    """(model in eval mode on `device`, precision name, autocast dtype). int8: linear layers dynamically quantized,
-    weights per output channel (as fast as per tensor here, and nearer fp32 on MiniLM)."""
-    name, dtype = resolve_precision(precision, device)
-    model, _, _ = tasks.load_trained(model_dir, attn_implementation(None, device, dtype))
+def load_for_inference(model_dir: str, precision: str, device: torch.device, engine="torch", key=None, threads=1):
+    """(model, tokenizer, task) of a trained model as inference runs it: on `device` in eval mode; int8: linear
+    layers dynamically quantized (weights per output channel: as fast as per tensor, and nearer fp32 on MiniLM);
+    engine onnx: its checked ONNX export `key` (recipes/onnx_engine.py)."""
+    model, tokenizer, task = tasks.load_trained(model_dir, attn_implementation(None, device, DTYPES[precision]))
+    if engine == "onnx":
+        from recipes.onnx_engine import OrtModel
+
+        return OrtModel(model_dir, key, precision, model.config, threads), tokenizer, task
     model.eval().to(device)
-    if name == "int8":
+    if precision == "int8":
         _keep_freed_memory()
         # torch deprecates quantized tensors in favour of torchao; still the fastest here
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
-    return model, name, dtype
+    return model, tokenizer, task
 
 
 def _pad(seqs: Sequence[np.ndarray], width: int, value: int) -> torch.Tensor:

@@ -237,6 +237,36 @@ def _remote_versions(url: str) -> Optional[Dict[str, list]]:
     return versions or None
 
 
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+MODEL_CACHES = ("onnx",)  # what inference adds to a model directory (recipes/onnx_engine.py): not the model
+
+
+def model_sha256(directory: str) -> str:
+    """Content hash of a model directory, its caches left out: a retrained model at the same path is another
+    model."""
+    walk = []
+    for root, dirs, names in os.walk(directory):
+        if root == directory:
+            dirs[:] = [d for d in dirs if d not in MODEL_CACHES]
+        walk.append((root, names))
+    h = hashlib.sha256()
+    for root, names in sorted(walk):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, directory).encode() + b"\0")
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
 def local_model_dir(name_or_path: str) -> str:
     """Remote model directories are copied to the local cache, anew when a run has replaced the model
     since (object versions differ) or the store shows no versions; anything else is returned as is.

@@ -10,7 +10,7 @@ LAYERS = [
     {"errors", "lazy", "config", "storage", "blocks", "plots", "stopping"},
     {"data", "model", "runtime", "xla", "checkpoint", "predict", "infer_input", "infer_output"},
     {"tasks"},
-    {"train", "evaluate", "infer", "infer_predict", "infer_pipeline"},
+    {"train", "evaluate", "infer", "infer_predict", "infer_pipeline", "onnx_engine"},
 ]
 
 

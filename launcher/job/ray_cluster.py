@@ -273,6 +273,12 @@ def _check_head(node: RayNode) -> None:
 
 def run_head(args: argparse.Namespace, command: List[str], workdir: Path) -> int:
     host, port = args.head
+    if reachable(host, port):  # Ray's own failure here is a traceback about authentication, minutes later
+        raise ClusterError(
+            f"port {port} on {host} is taken, so the Ray head cannot start there: a Ray head left by a job killed "
+            "moments ago (it exits within a minute), or another service; wait, or give another --ray_port "
+            "(0 derives one from the job id)"
+        )
     head_args = [
         "--head",
         f"--port={port}",

@@ -15,6 +15,7 @@ A task module defines
     prediction_rows(table, predictions); plots(run, predictions, encoded)
                                              evaluation's outputs; HEADLINE: its log line
     reads_pairs; encode_block(tokenizer, texts, pairs, max_length); predict_block(runner, table)    batch inference
+    onnx                                     whether engine=onnx runs its forward pass (recipes/onnx_engine.py)
     from_model(model_config, cfg)            the task of a trained model
 
 The submit side imports task modules for Config, check and OPTIONS alone: heavy modules come through recipes.lazy.

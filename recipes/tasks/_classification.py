@@ -59,6 +59,7 @@ class Classification:
     name: str
     problem_type: str
     reads_pairs = True  # batch inference reads a text pair column when the model was trained on one
+    onnx = True  # its forward pass (token ids -> logits) runs on ONNX Runtime too
     HEADLINE = ("accuracy", "f1_micro", "f1_macro")
 
     def __init__(self, cfg, labels: Optional[List[str]] = None):

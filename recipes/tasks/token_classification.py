@@ -95,6 +95,7 @@ def _is_bio(tag: str) -> bool:
 class TokenClassification:
     name = "token_classification"
     reads_pairs = False
+    onnx = True
     HEADLINE = ("precision", "recall", "f1")
 
     def __init__(self, cfg, labels: Optional[List[str]] = None):

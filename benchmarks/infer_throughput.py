@@ -1,24 +1,24 @@
-"""Batch inference throughput on CPU: `run.py infer` vs a Hugging Face pipeline and an in-process loop.
+"""Batch inference on CPU, engines and precisions: rows/s and what each costs in the model's answers.
 
-The model is the packaged MiniLM-L6 with a multi-label head fine-tuned on arXiv title+abstract
-pairs by this project's own recipe (trained here once with a small step budget, then cached under
-outputs/). The input is 2,000 papers that training did not see. In one run:
+Two models: the packaged MiniLM-L6 with a multi-label head fine-tuned on arXiv title+abstract pairs by this
+project's own recipe, one epoch at lr 3e-4 ("converged", 12,000 papers) and 40 steps ("short"); both trained here
+once, then cached under outputs/. The input is 2,000 papers that training did not see. In one run, per model:
 
-    (a) transformers.pipeline("text-classification"), batch size 1, and (b) batch size 32
-    (c) an in-process loop: rows sorted by length, batch_infer's CPU batch size (16, int8: 8), the recipe's own forward
-        (recipes.infer_predict), at fp32, int8 and (where the CPU multiplies bf16 faster) bf16
-    (d) python run.py infer with 2 actors x 1 thread and 1 actor x 2 threads, at auto and int8
+    (a) transformers.pipeline("text-classification"), batch size 32 (converged model only)
+    (b) an in-process loop: rows sorted by length, batch_infer's CPU batch size (16, int8: 8), the recipe's own
+        forward (recipes.infer_predict): torch fp32, bf16 autocast, int8 (dynamic quantization); ONNX Runtime fp32
+        and int8 (recipes/onnx_engine.py; the export is made and checked before the clock starts)
+    (c) python run.py infer, 2 actors x 1 thread: its defaults (ONNX Runtime fp32), precision=int8, engine=torch
+    (d) the batch_infer component under `torchx run -s local_cwd`, 1 vs 2 replicas (one Ray node each), defaults
 
-    (e) the batch_infer component under `torchx run -s local_cwd`, 1 vs 2 replicas (one Ray node each)
+Rates count tokenization and prediction. For run.py infer, "end to end" is the whole command (Ray start, model
+loading, writing); "excl. Ray start" is its Ray pipeline (actors' model loading included); "once models are loaded"
+runs from the first block an actor began to the last one committed (the manifest's predict_seconds), the rate that
+matters for large inputs and the one comparable with the loop. Agreement with the torch fp32 loop: of the row x
+label decisions (label at or above its saved threshold), and of whole label sets; F1 against the papers' true
+categories.
 
-Rates count tokenization and prediction. For run.py infer, "end to end" is the whole command
-(Ray start, model loading, writing); "excl. Ray start" is its Ray pipeline (actors' model loading
-included); "once models are loaded" runs from the first block an actor began to the last one
-committed (the manifest's predict_seconds), the rate that matters for large inputs and the one
-comparable with the loop, which excludes model loading too. Agreement with the fp32
-loop: of the row x label decisions (label at or above its saved threshold), and of whole label sets.
-
-    python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~12 min on 2 cores, plus ~7 min to train once
+    python benchmarks/infer_throughput.py --data ../shared/data/arxiv    # ~12 min on 2 cores, plus ~15 min to train
 """
 
 import argparse
@@ -109,18 +109,19 @@ def hf_pipeline(model_dir: str, titles, abstracts, batch_size: int) -> float:
     return len(inputs) / (time.perf_counter() - start)
 
 
-def loop(model_dir: str, titles, abstracts, precision: str):
-    """(rows/s, probabilities, precision): the in-process loop at batch_infer's CPU batch size, tokenization
-    included."""
+def loop(model_dir: str, titles, abstracts, precision: str, engine: str):
+    """(rows/s, probabilities): the in-process loop at batch_infer's CPU batch size, tokenization included, on torch
+    or ONNX Runtime (its export made and checked first, not timed)."""
     import torch
-    from transformers import AutoTokenizer
 
-    from recipes.infer_predict import default_batch_size, load_for_inference, predict_logits
+    from recipes import onnx_engine
+    from recipes.infer_predict import DTYPES, default_batch_size, load_for_inference, predict_logits
 
     torch.set_num_threads(os.cpu_count())
     cpu = torch.device("cpu")
-    model, name, dtype = load_for_inference(model_dir, precision, cpu)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    key = onnx_engine.prepare(model_dir, model_dir, "multi_label", precision) if engine == "onnx" else None
+    model, tokenizer, _ = load_for_inference(model_dir, precision, cpu, engine, key, os.cpu_count())
+    dtype = DTYPES[precision]
     predict_logits(model, [np.arange(1, 64)] * 4, [np.zeros(63, np.int64)] * 4, 4, 0, cpu, dtype)  # warm-up
     start = time.perf_counter()
     enc = tokenizer(titles, abstracts, truncation=True, return_attention_mask=False)
@@ -128,13 +129,13 @@ def loop(model_dir: str, titles, abstracts, precision: str):
         model,
         [np.array(x) for x in enc["input_ids"]],
         [np.array(x) for x in enc["token_type_ids"]],
-        default_batch_size(name, False),
+        default_batch_size(precision, False),
         tokenizer.pad_token_id,
         cpu,
         dtype,
     )
     rate = len(titles) / (time.perf_counter() - start)
-    return rate, 1 / (1 + np.exp(-logits)), name
+    return rate, 1 / (1 + np.exp(-logits))
 
 
 def batch_infer(model_dir: str, src: Path, out: Path, overrides, replicas: int = 0):
@@ -187,8 +188,11 @@ def batch_infer(model_dir: str, src: Path, out: Path, overrides, replicas: int =
         manifest["rows"] / manifest["pipeline_seconds"],
         manifest["rows"] / manifest["predict_seconds"],
         dict(zip(got["id"], map(frozenset, got["labels"]))),
-        "/".join(manifest["precision"]),
+        "/".join(manifest["engine"]) + " " + "/".join(manifest["precision"]),
     )
+
+
+LOOP_ARMS = (("torch", "fp32"), ("torch", "bf16"), ("torch", "int8"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
 def main() -> None:
@@ -196,81 +200,37 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "arxiv"))
     parser.add_argument("--work", default=str(ROOT / "outputs" / "bench-infer"))
     parser.add_argument("--rows", type=int, default=2000, help="benchmark input rows")
-    parser.add_argument("--pipeline-rows", type=int, default=500, help="rows for the (slow) HF pipeline baselines")
+    parser.add_argument("--pipeline-rows", type=int, default=500, help="rows for the (slow) HF pipeline baseline")
     parser.add_argument("--train-rows", type=int, default=12000)
     parser.add_argument("--train-steps", type=int, default=375, help="one epoch of --train-rows at batch 32")
+    parser.add_argument("--short-steps", type=int, default=40, help="the short-trained model's steps")
     parser.add_argument("--train-override", nargs="*", default=["optim.lr=3e-4"], help="more run.py train overrides")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "infer" / "infer_throughput.json"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train, validation, src = prepare_data(Path(args.data), work, args.train_rows, args.rows)
-    model_dir = train_model(train, validation, work, args.train_steps, args.train_override)
-
-    from transformers import AutoConfig
-
-    from recipes import tasks
-    from recipes.infer_predict import default_batch_size
-    from recipes.runtime import cpu_bf16_is_faster
-
-    config = AutoConfig.from_pretrained(model_dir)
-    labels = [config.id2label[i] for i in range(config.num_labels)]
-    thresholds = tasks.of_model(config, model_dir).thresholds
+    converged = train_model(train, validation, work, args.train_steps, args.train_override)
+    short = train_model(train, validation, work, args.short_steps, args.train_override)
     ids, titles, abstracts, truth = load_rows(src)
     results = []
+    for name, model_dir, whole in (("converged", converged, True), ("short", short, False)):
+        results += bench_model(name, model_dir, src, work, ids, titles, abstracts, truth, args.pipeline_rows, whole)
+    from recipes.runtime import cpu_bf16_is_faster
 
-    def record(run, rate, precision, sets=None, pipeline_rate=None, steady_rate=None):
-        """`sets`: {id: predicted label set}, compared with the fp32 loop's."""
-        agree = {}
-        if sets is not None:
-            one_hot = lambda s: np.array([[l in s[i] for l in labels] for i in ids])  # noqa: E731
-            agree = {
-                "decision_agreement_with_fp32": round(float((one_hot(sets) == one_hot(reference)).mean()), 5),
-                "label_set_agreement_with_fp32": round(float(np.mean([sets[i] == reference[i] for i in ids])), 4),
-                "f1_micro_vs_true_categories": round(f1_micro([sets[i] for i in ids], truth), 4),
-            }
-        results.append(
-            {
-                "run": run,
-                "precision": precision,
-                "rows_per_s": round(rate, 1),
-                "pipeline_rows_per_s": None if pipeline_rate is None else round(pipeline_rate, 1),
-                "steady_rows_per_s": None if steady_rate is None else round(steady_rate, 1),
-                **agree,
-            }
-        )
-        print(json.dumps(results[-1]), flush=True)
-
-    n = args.pipeline_rows
-    for bs in (1, 32):
-        record(f"HF pipeline, batch {bs} ({n} rows)", hf_pipeline(model_dir, titles[:n], abstracts[:n], bs), "fp32")
-    reference = None
-    for precision in ["fp32", "int8"] + (["bf16"] if cpu_bf16_is_faster() else []):
-        rate, probs, name = loop(model_dir, titles, abstracts, precision)
-        sets = dict(zip(ids, label_sets(probs, labels, thresholds)))
-        reference = reference or sets
-        record(f"in-process loop, sorted by length, batch {default_batch_size(name, False)}", rate, name, sets)
-    for precision in ("auto", "int8"):
-        for actors, threads in ((2, 1), (1, 2)):
-            e2e, pipe_rate, steady, got, name = batch_infer(
-                model_dir,
-                src,
-                work / "out",
-                [f"precision={precision}", f"actors={actors}", f"threads_per_actor={threads}"],
-            )
-            record(f"run.py infer, {actors} actor(s) x {threads} thread(s)", e2e, name, got, pipe_rate, steady)
-    for replicas in (1, 2):
-        e2e, pipe_rate, steady, got, name = batch_infer(
-            model_dir, src, work / "out", ["precision=auto"], replicas=replicas
-        )
-        record(f"torchx batch_infer, {replicas} replica(s)", e2e, name, got, pipe_rate, steady)
-    out = {"cpu": cpu_name(), "model": model_dir, "rows": len(ids), "labels": len(labels), "results": results}
+    out = {
+        "cpu": cpu_name(),
+        "cpu_bf16_is_faster": cpu_bf16_is_faster(),
+        "models": {"converged": converged, "short": short},
+        "rows": len(ids),
+        "results": results,
+    }
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(out, indent=2) + "\n")
     print(
-        "\n| run | precision | rows/s | excl. Ray start | once models are loaded "
+        "\n| model | run | engine, precision | rows/s | excl. Ray start | once models are loaded "
         "| decisions = fp32 | label sets = fp32 | F1 |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         cells = [
@@ -283,8 +243,64 @@ def main() -> None:
                 "f1_micro_vs_true_categories",
             )
         ]
-        print(f"| {r['run']} | {r['precision']} | {r['rows_per_s']} | {' | '.join(map(str, cells))} |")
-    plot(results, Path(args.results).with_suffix(".png"), out["cpu"])
+        print(f"| {r['model']} | {r['run']} | {r['precision']} | {r['rows_per_s']} | {' | '.join(map(str, cells))} |")
+    plot([r for r in results if r["model"] == "converged"], Path(args.results).with_suffix(".png"), out["cpu"])
+
+
+def bench_model(model_name, model_dir, src, work, ids, titles, abstracts, truth, pipeline_rows, whole) -> list:
+    """Every arm on one model; `whole`: also the HF pipeline, run.py infer and the torchx component."""
+    from transformers import AutoConfig
+
+    from recipes import tasks
+
+    config = AutoConfig.from_pretrained(model_dir)
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    thresholds = tasks.of_model(config, model_dir).thresholds
+    results, reference = [], {}
+
+    def record(run, rate, precision, sets=None, pipeline_rate=None, steady_rate=None):
+        """`sets`: {id: predicted label set}, compared with the torch fp32 loop's."""
+        agree = {}
+        if sets is not None:
+            one_hot = lambda s: np.array([[l in s[i] for l in labels] for i in ids])  # noqa: E731
+            agree = {
+                "decision_agreement_with_fp32": round(float((one_hot(sets) == one_hot(reference)).mean()), 5),
+                "label_set_agreement_with_fp32": round(float(np.mean([sets[i] == reference[i] for i in ids])), 4),
+                "f1_micro_vs_true_categories": round(f1_micro([sets[i] for i in ids], truth), 4),
+            }
+        results.append(
+            {
+                "model": model_name,
+                "run": run,
+                "precision": precision,
+                "rows_per_s": round(rate, 1),
+                "pipeline_rows_per_s": None if pipeline_rate is None else round(pipeline_rate, 1),
+                "steady_rows_per_s": None if steady_rate is None else round(steady_rate, 1),
+                **agree,
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+
+    n = pipeline_rows
+    if whole:
+        record(f"HF pipeline, batch 32 ({n} rows)", hf_pipeline(model_dir, titles[:n], abstracts[:n], 32), "torch fp32")
+    for engine, precision in LOOP_ARMS:
+        rate, probs = loop(model_dir, titles, abstracts, precision, engine)
+        sets = dict(zip(ids, label_sets(probs, labels, thresholds)))
+        reference = reference or sets
+        record("in-process loop, sorted by length", rate, f"{engine} {precision}", sets)
+    if not whole:
+        return results
+    for overrides in ([], ["precision=int8"], ["engine=torch"]):
+        e2e, pipe_rate, steady, got, name = batch_infer(
+            model_dir, src, work / "out", [*overrides, "actors=2", "threads_per_actor=1"]
+        )
+        run = "run.py infer, 2 actors x 1 thread" + (f" ({' '.join(overrides)})" if overrides else " (defaults)")
+        record(run, e2e, name, got, pipe_rate, steady)
+    for replicas in (1, 2):
+        e2e, pipe_rate, steady, got, name = batch_infer(model_dir, src, work / "out", [], replicas=replicas)
+        record(f"torchx batch_infer, {replicas} replica(s) (defaults)", e2e, name, got, pipe_rate, steady)
+    return results
 
 
 def plot(results, path: Path, cpu: str) -> None:

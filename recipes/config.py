@@ -114,7 +114,7 @@ class InferConfig:
     output_format: str = MISSING  # parquet or jsonl
     strict: bool = MISSING  # a bad row ends the job instead of being counted and skipped
     overwrite: bool = MISSING  # replace what another job left in output
-    precision: str = MISSING  # fp32, bf16 or int8 (CPU: dynamic quantization of the linear layers)
+    precision: str = MISSING  # auto (int8 where measured to keep quality, else fp32), fp32, bf16 or int8 (CPU)
     engine: str = MISSING  # auto (ONNX Runtime where it can run the model, else torch), torch or onnx
     batch_size: Optional[int] = MISSING  # rows per forward pass; null: 16 on CPU (8 at int8), 64 on GPUs
     block_rows: int = MISSING  # input rows per output shard: the unit that is sorted by length and committed
@@ -135,7 +135,7 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet", "conll")
 PRECISIONS = ("auto", "bf16", "fp32")
 INFER_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 OUTPUT_FORMATS = ("parquet", "jsonl")
-INFER_PRECISIONS = ("fp32", "bf16", "int8")
+INFER_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 ENGINES = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda", "tpu")
 # transformers schedulers that need nothing beyond (optimizer, warmup steps, total steps) and step once per
@@ -345,7 +345,7 @@ def check_evaluate(cfg) -> None:
     _one_of(cfg, "", "split", SPLITS)
     check_data(cfg.data, needed=(cfg.split,))
     _at_least(cfg, "", "batch_size", 1)
-    check_inference_settings(cfg, cfg.device not in ("auto", "cpu"), ENGINES[1:])
+    check_inference_settings(cfg, cfg.device not in ("auto", "cpu"), ENGINES[1:], INFER_PRECISIONS[1:])
     _one_of(cfg, "", "device", DEVICES)
     check_output_dir(cfg.output_dir)
 
@@ -379,7 +379,7 @@ def check_infer(cfg) -> None:
         cfg.output_format,
         f"expected one of {', '.join(OUTPUT_FORMATS)}",
     )
-    check_inference_settings(cfg, cfg.gpus_per_actor > 0, ENGINES)
+    check_inference_settings(cfg, cfg.gpus_per_actor > 0, ENGINES, INFER_PRECISIONS)
     for key in ("block_rows", "threads_per_actor"):
         require(cfg[key] >= 1, key, cfg[key], "must be at least 1")
     require(
@@ -398,17 +398,14 @@ def check_infer(cfg) -> None:
     require(cfg.cpus_per_actor > 0, "cpus_per_actor", cfg.cpus_per_actor, "must be > 0 (fractions allowed)")
 
 
-def check_inference_settings(cfg, gpu: bool, engines: Tuple[str, ...]) -> None:
-    """precision and engine of evaluate and infer: fp32 unless asked, since a lossier one changes the answers."""
+def check_inference_settings(cfg, gpu: bool, engines: Tuple[str, ...], precisions: Tuple[str, ...]) -> None:
+    """precision and engine of evaluate and infer: nothing lossier than fp32 unless asked or measured."""
     require(
-        cfg.precision != "auto",
+        cfg.precision in precisions,
         "precision",
         cfg.precision,
-        "evaluation and batch inference run fp32 unless told otherwise (auto, which picked bf16 on CPUs with fast "
-        "bf16, changed 7-37 % of label sets); use fp32, or bf16 or int8 knowing their cost (docs/batch-inference.md)",
-    )
-    require(
-        cfg.precision in INFER_PRECISIONS, "precision", cfg.precision, f"expected one of {', '.join(INFER_PRECISIONS)}"
+        f"expected one of {', '.join(precisions)}"
+        + ("; evaluate reports the model's quality at fp32 unless told otherwise" if "auto" not in precisions else ""),
     )
     require(cfg.engine in engines, "engine", cfg.engine, f"expected one of {', '.join(engines)}")
     require(

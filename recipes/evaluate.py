@@ -64,7 +64,7 @@ def load(model_dir: str, cfg, rt: Runtime):
         task = tasks.of_model(AutoConfig.from_pretrained(local), f"checkpoint={model_dir}")
         resolve_engine("onnx", task, rt.device, cfg.precision, f"checkpoint={model_dir}")
         if rt.is_main:
-            onnx_engine.prepare(local, model_dir, task.name, cfg.precision)
+            onnx_engine.prepare(local, model_dir, task.name, cfg.precision)  # and its checks
         rt.barrier()
         key = onnx_engine.cache_key(local)
     return load_for_inference(local, cfg.precision, rt.device, cfg.engine, key, torch.get_num_threads())

@@ -176,7 +176,9 @@ def _unwrap(e: BaseException) -> BaseException:
     return e
 
 
-def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers, engine, onnx_key) -> None:
+def _run(
+    cfg, files, columns, max_length, task, tokenizer, local_model, out, markers, engine, onnx_key, precision
+) -> None:
     import ray
 
     from recipes.infer_pipeline import READ_CPUS, BlockSource, Predictor, PredictSpec, ReadSpec
@@ -187,12 +189,12 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
     predict_spec = PredictSpec(
         cfg.model_dir,
         local_model,
-        cfg.precision,
+        precision,
         engine,
         onnx_key,
         cfg.gpus_per_actor > 0,
         cfg.threads_per_actor,
-        cfg.batch_size or default_batch_size(cfg.precision, cfg.gpus_per_actor > 0),
+        cfg.batch_size or default_batch_size(precision, cfg.gpus_per_actor > 0),
         task,
         columns.id or "id",
         cfg.output,
@@ -225,7 +227,7 @@ def _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, mar
         len(markers),
         actors,
         engine,
-        cfg.precision,
+        precision,
     )
     with tqdm(
         total=total,
@@ -275,15 +277,15 @@ def infer(cfg) -> dict:
             f"(complete already: {finished['predicted']} rows predicted, {finished['skipped']} skipped)"
         )
         return finished
-    onnx_key = None
+    onnx_key, precision = None, "fp32" if cfg.precision == "auto" else cfg.precision
     if engine == "onnx":  # after the output's checks: they are quick, an export is not
         from recipes import onnx_engine
 
-        onnx_key = onnx_engine.prepare(local_model, cfg.model_dir, task.name, cfg.precision)
+        onnx_key, precision = onnx_engine.prepare(local_model, cfg.model_dir, task.name, cfg.precision)
     markers = committed(out)
     with ray_session():
         pipeline_start = time.time()
-        _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers, engine, onnx_key)
+        _run(cfg, files, columns, max_length, task, tokenizer, local_model, out, markers, engine, onnx_key, precision)
         pipeline_seconds = time.time() - pipeline_start
     after = committed(out)
     counts = totals(after)

@@ -17,14 +17,14 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32} 
 
 
 def resolve_engine(engine: str, task, device: torch.device, precision: str, where: str) -> str:
-    """torch or onnx. auto: ONNX Runtime where it runs the model's task at that precision (encoder tasks on CPU, fp32
-    or int8, onnxruntime installed), else torch. onnx where it cannot: one line."""
+    """torch or onnx. auto: ONNX Runtime where it runs the model's task at that precision (encoder tasks on CPU, not
+    bf16, onnxruntime installed), else torch. onnx where it cannot: one line."""
     from recipes import onnx_engine
 
     reasons = [
         (device.type != "cpu", f"it runs on CPU only (device: {device.type})"),
         (not task.onnx, f"{task.name} models run on torch (generation)"),
-        (precision not in onnx_engine.FILES, f"it runs {' or '.join(onnx_engine.FILES)}, not {precision}"),
+        (precision == "bf16", "it runs fp32 or int8 here, not bf16"),
         (not onnx_engine.available(), "onnxruntime is not installed (pip install '.[onnx]')"),
     ]
     cannot = [reason for failed, reason in reasons if failed]
@@ -65,9 +65,9 @@ def load_for_inference(model_dir: str, precision: str, device: torch.device, eng
     engine onnx: its checked ONNX export `key` (recipes/onnx_engine.py)."""
     model, tokenizer, task = tasks.load_trained(model_dir, attn_implementation(None, device, DTYPES[precision]))
     if engine == "onnx":
-        from recipes.onnx_engine import OrtModel
+        from recipes.onnx_engine import session_model
 
-        return OrtModel(model_dir, key, precision, model.config, threads), tokenizer, task
+        return session_model(model_dir, key, precision, model.config, threads), tokenizer, task
     model.eval().to(device)
     if precision == "int8":
         _keep_freed_memory()

@@ -42,6 +42,9 @@ MANIFEST = "export.json"
 # not assumed: docs/batch-inference.md.
 MAX_ABS_DIFF = 1e-3  # fp32
 MIN_CORRELATION = 0.95  # int8
+# precision=auto runs int8 only where, on the model's own validation examples saved at training (tasks.CALIBRATION),
+# its task metric is at most this much below fp32's: 0.5 points of F1 or accuracy
+INT8_MAX_LOSS = 0.005
 CHECK_SHAPES = ((1, 3), (3, 17), (5, 64), (2, 128))  # (rows, tokens): none is the traced (2, 16)
 SEED = 0
 
@@ -161,6 +164,40 @@ def _check(model, directory: Path) -> Dict[str, dict]:
     return out
 
 
+def _calibrate(model, local_model: str, directory: Path) -> Optional[dict]:
+    """The task metric at fp32 (torch) and int8 (ONNX Runtime) on the validation examples saved with the model, and
+    whether int8 keeps it within INT8_MAX_LOSS; None for a model saved without them."""
+    from transformers import AutoTokenizer
+
+    from recipes import tasks
+    from recipes.runtime import Runtime
+
+    sample_path = Path(local_model) / tasks.CALIBRATION
+    if not sample_path.is_file():
+        return None
+    task = tasks.of_model(model.config, local_model)
+    tokenizer = AutoTokenizer.from_pretrained(local_model)
+    table = tasks.calibration_table(task, json.loads(sample_path.read_text()))
+    encoded = task.encode(table, tokenizer, tokenizer.model_max_length)
+    rt, threads = Runtime(torch.device("cpu")), torch.get_num_threads()
+    results = {}
+    int8 = OrtModel(str(directory / FILES["int8"]), model.config, threads)
+    for precision, forward in (("fp32", model), ("int8", int8)):
+        results[precision] = task.score(task.predict(forward, encoded, rt, 16, torch.float32, tokenizer), encoded)
+    # the metric that picks the best checkpoint; where that is the loss, the F1 the loss stands for
+    metric = task.cfg.metric
+    if metric == "loss":
+        metric = next(k for k in ("f1_micro", "f1") if k in results["fp32"])
+    scores = {precision: float(result[metric]) for precision, result in results.items()}
+    return {
+        "rows": len(encoded.lengths),
+        "metric": metric,
+        **{k: round(v, 5) for k, v in scores.items()},
+        "int8_max_loss": INT8_MAX_LOSS,
+        "int8_keeps_quality": scores["int8"] >= scores["fp32"] - INT8_MAX_LOSS,
+    }
+
+
 def new_session(path: str, threads: int):
     import onnxruntime as ort
 
@@ -186,11 +223,12 @@ def _verified(directory: Path, where: str) -> dict:
     return manifest
 
 
-def prepare(local_model: str, model_dir: str, task_name: str, precision: str) -> str:
-    """The key of the model's checked export, exporting and checking it first where the cache has none. The cache
-    goes beside the model: in its local copy, and uploaded to `model_dir` where that is remote. One process at a
-    time per cache (the others then find it complete). An int8 export that failed its check is refused here (fp32
-    stays usable)."""
+def prepare(local_model: str, model_dir: str, task_name: str, precision: str) -> Tuple[str, str]:
+    """(key of the model's checked export, the precision to run): exported and checked first where the cache has
+    none. The cache goes beside the model: in its local copy, and uploaded to `model_dir` where that is remote. One
+    process at a time per cache (the others then find it complete). precision auto: int8 where the export's
+    calibration says it keeps the model's quality, else fp32. An int8 export that failed its check is refused here
+    (fp32 stays usable)."""
     key = cache_key(local_model)
     local = Path(local_model) / CACHE_DIR / key
     where = storage.join(model_dir, CACHE_DIR, key)
@@ -207,6 +245,9 @@ def prepare(local_model: str, model_dir: str, task_name: str, precision: str) ->
         if not (local / MANIFEST).is_file():
             _export_checked(local, local_model, model_dir, where, task_name)
     manifest = _verified(local, where)
+    if precision == "auto":
+        precision = "int8" if (manifest.get("calibration") or {}).get("int8_keeps_quality") else "fp32"
+        log.info("onnx: precision=auto runs %s (calibration: %s)", precision, manifest.get("calibration"))
     check = manifest["check"][precision]
     if not check["ok"]:
         raise RecipeError(
@@ -214,7 +255,7 @@ def prepare(local_model: str, model_dir: str, task_name: str, precision: str) ->
             f"with torch's logits (needed: {MIN_CORRELATION}); use precision=fp32 or engine=torch"
         )
     log.info("onnx: export %s of %s, checked against torch: %s", key, model_dir, manifest["check"])
-    return key
+    return key, precision
 
 
 def _export_checked(local: Path, local_model: str, model_dir: str, where: str, task_name: str) -> None:
@@ -233,7 +274,9 @@ def _export_checked(local: Path, local_model: str, model_dir: str, where: str, t
                 f"model_dir={model_dir}: its ONNX export differs from torch by {checks['fp32']['max_abs_diff']:g} in "
                 f"a logit (allowed: {MAX_ABS_DIFF:g}; {task_name}, {versions()}); use engine=torch"
             )
+        calibration = _calibrate(model, local_model, tmp)
         manifest = {
+            "calibration": calibration,
             "model_sha256": storage.model_sha256(local_model),
             "versions": versions(),
             "sha256": {name: storage.file_sha256(str(tmp / name)) for name in FILES.values()},
@@ -251,14 +294,19 @@ def _export_checked(local: Path, local_model: str, model_dir: str, where: str, t
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def session_model(local_model: str, key: str, precision: str, config, threads: int) -> "OrtModel":
+    """The checked export `key` of a model, at `precision`, as a model."""
+    directory = Path(local_model) / CACHE_DIR / key
+    _verified(directory, str(directory))
+    return OrtModel(str(directory / FILES[precision]), config, threads)
+
+
 class OrtModel:
     """What the batching and the tasks call as a model, on ONNX Runtime: model(**batch).logits."""
 
-    def __init__(self, local_model: str, key: str, precision: str, config, threads: int):
-        directory = Path(local_model) / CACHE_DIR / key
-        _verified(directory, str(directory))
+    def __init__(self, path: str, config, threads: int):
         self.config = config
-        self.session = new_session(str(directory / FILES[precision]), threads)
+        self.session = new_session(path, threads)
         self.inputs = {i.name for i in self.session.get_inputs()}
 
     def eval(self) -> "OrtModel":

@@ -105,9 +105,11 @@ def plot_training_curve(history: list, metric: str, path: str) -> None:
     plots.save(fig, path)
 
 
-def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Runtime, result=None) -> None:
+def save_model(
+    model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Runtime, result=None, calibration=None
+) -> None:
     """Write model/ (weights, config with the task, its config, label maps and settings, the input columns;
-    tokenizer) atomically."""
+    tokenizer; a sample of validation examples, tasks.CALIBRATION) atomically."""
     # evaluation and batch inference read the task, its settings and the same columns by default
     model.config.text_recipes = {
         "task": task.name,
@@ -121,6 +123,8 @@ def save_model(model, tokenizer, task, run: checkpoint.RunDir, data_cfg, rt: Run
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, state_dict=xla.to_cpu(model.state_dict()) if rt.xla else None)
     tokenizer.save_pretrained(tmp)
+    if calibration is not None:
+        (tmp / tasks.CALIBRATION).write_text(json.dumps(calibration, ensure_ascii=False))
     replace_dir(tmp, run.path("model"))
     run.publish("model")
 
@@ -150,6 +154,7 @@ class Recipe:
         self.val_data = (
             task.encode(tables["validation"], self.tokenizer, cfg.model.max_length) if "validation" in tables else None
         )
+        self.calibration = tasks.calibration_sample(tables["validation"]) if "validation" in tables else None
         self.train_source = tables["train"].source
 
     def _setup_model(self) -> None:
@@ -313,7 +318,7 @@ class Recipe:
         if improved:
             state.update(best=result[cfg.task.metric], best_step=step, bad_evals=0, best_metrics=result)
             if rt.is_main:
-                save_model(self.model, self.tokenizer, self.task, self.run, cfg.data, rt, result)
+                save_model(self.model, self.tokenizer, self.task, self.run, cfg.data, rt, result, self.calibration)
         else:
             state["bad_evals"] += 1
         if rt.is_main:

@@ -701,6 +701,8 @@ CASES: List[Case] = [
     eval_case("batch_size=-1", ["batch_size"], "batch_size=-1"),
     eval_case("split=dev", ["split", "dev"], "split=dev"),
     eval_case("precision=fp16", ["precision"], "precision=fp16"),
+    eval_case("precision=auto", ["precision", "at fp32 unless told otherwise"], "precision=auto"),
+    eval_case("engine=auto", ["engine", "torch, onnx"], "engine=auto"),
     eval_case("device=tpu", ["device"], "device=tpu", skip="torch_xla"),
     eval_case("device=cuda", ["device"], "device=cuda", skip="cuda"),
     eval_case("device=banana", ["device"], "device=banana"),

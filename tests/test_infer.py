@@ -324,7 +324,7 @@ def test_kill_9_mid_run_then_rerun_completes_exactly_once(models, tmp_path):
         "foreign_output",
         "bad_key",
         "int8_gpu",
-        "precision_auto",
+        "precision_fp16",
         "bad_engine",
         "onnx_bf16",
         "onnx_seq2seq",
@@ -358,8 +358,8 @@ def test_errors_are_one_line_before_any_work(case, models, tiny_model, tmp_path)
         args, needles = ["batchsize=3"], ["batchsize", "unknown key"]
     elif case == "int8_gpu":
         args, needles = ["precision=int8", "gpus_per_actor=1"], ["precision='int8'", "CPU only"]
-    elif case == "precision_auto":  # it used to pick bf16 where that was faster, and changed the answers
-        args, needles = ["precision=auto"], ["precision='auto'", "fp32 unless told otherwise"]
+    elif case == "precision_fp16":
+        args, needles = ["precision=fp16"], ["precision='fp16'", "auto, fp32, bf16, int8"]
     elif case == "bad_engine":
         args, needles = ["engine=tensorrt"], ["engine='tensorrt'", "auto, torch, onnx"]
     elif case == "onnx_bf16":

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 def exported(tmp_path_factory):
     """(model directory, key of its export): a pair classifier (token_type_ids in the graph), exported once."""
     model = save_classifier(tmp_path_factory.mktemp("onnx") / "pairs", multi=True, text="title", pair="body")
-    return model, onnx_engine.prepare(model, model, "multi_label", "fp32")
+    key, precision = onnx_engine.prepare(model, model, "multi_label", "fp32")
+    return model, key
 
 
 def export_dir(model: str, key: str):
@@ -38,7 +39,7 @@ def test_the_export_is_checked_recorded_and_found_again(exported, caplog):
     assert manifest["check"]["int8"]["correlation"] >= onnx_engine.MIN_CORRELATION
     before = {p.name: p.stat().st_mtime_ns for p in export_dir(model, key).iterdir()}
     with caplog.at_level(logging.INFO, logger="text_recipes"):
-        assert onnx_engine.prepare(model, model, "multi_label", "int8") == key
+        assert onnx_engine.prepare(model, model, "multi_label", "int8") == (key, "int8")
     assert "exporting" not in caplog.text and f"export {key}" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in export_dir(model, key).iterdir()} == before  # a hit: untouched
     # the cache is not the model: batch inference's job fingerprint of the model does not change with it
@@ -75,7 +76,7 @@ def test_a_changed_model_is_exported_again(exported, tmp_path):
     model, key = exported
     retrained = save_classifier(tmp_path / "pairs", multi=True, text="title", pair="body", seed=3)
     shutil.copytree(Path(model) / onnx_engine.CACHE_DIR, Path(retrained) / onnx_engine.CACHE_DIR)
-    new_key = onnx_engine.prepare(retrained, retrained, "multi_label", "fp32")
+    new_key, _ = onnx_engine.prepare(retrained, retrained, "multi_label", "fp32")
     assert new_key != key and (export_dir(retrained, new_key) / "export.json").is_file()
     manifest = json.loads((export_dir(retrained, new_key) / "export.json").read_text())
     assert manifest["model_sha256"] == storage.model_sha256(retrained) != storage.model_sha256(model)
@@ -109,7 +110,8 @@ def test_an_export_that_differs_from_torch_is_refused_and_leaves_no_cache(tmp_pa
 def test_evaluate_on_onnx_reports_torchs_metrics_and_names_its_engine(exported, tmp_path):
     model, _ = exported
     rows = [
-        {"title": r["text"][:20], "body": r["text"], "labels": [LABELS[i % 3]]} for i, r in enumerate(make_rows(40, seed=2))
+        {"title": r["text"][:20], "body": r["text"], "labels": [LABELS[i % 3]]}
+        for r, i in zip(make_rows(40, seed=2), range(40))
     ]
     pd.DataFrame(rows).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
     results = {}
@@ -130,3 +132,28 @@ def test_evaluate_on_onnx_reports_torchs_metrics_and_names_its_engine(exported, 
     assert (results["onnx"]["engine"], results["onnx"]["precision"]) == ("onnx", "fp32")
     for key in ("f1_micro", "f1_macro", "accuracy"):
         assert results["onnx"][key] == results["torch"][key], key
+
+
+def test_precision_auto_runs_int8_only_where_the_models_validation_examples_say_it_keeps_quality(
+    train_args, tmp_path, monkeypatch
+):
+    trained = run_main("train", *train_args, "trainer.max_steps=4")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    model = tmp_path / "run" / "model"
+    sample = json.loads((model / "calibration.json").read_text())
+    assert sample["rows"] == len(sample["table"]["texts"]) == len(pd.read_csv(train_args_validation(train_args)))
+    strict = tmp_path / "strict-model"
+    shutil.copytree(model, strict)
+
+    key, precision = onnx_engine.prepare(str(model), str(model), "single_label", "auto")
+    calibration = json.loads((export_dir(str(model), key) / "export.json").read_text())["calibration"]
+    assert calibration["rows"] == sample["rows"] and calibration["metric"] == "accuracy"
+    assert calibration["int8_keeps_quality"] == (calibration["int8"] >= calibration["fp32"] - 0.005)
+    assert precision == ("int8" if calibration["int8_keeps_quality"] else "fp32")
+
+    monkeypatch.setattr(onnx_engine, "INT8_MAX_LOSS", -1.0)  # no int8 can be 1.0 above fp32
+    assert onnx_engine.prepare(str(strict), str(strict), "single_label", "auto")[1] == "fp32"
+
+
+def train_args_validation(train_args) -> str:
+    return next(a.split("=", 1)[1] for a in train_args if a.startswith("data.validation="))

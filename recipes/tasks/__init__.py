@@ -145,5 +145,28 @@ def load_trained(path: str, attn: str):
     return model, model_loading.from_pretrained(transformers.AutoTokenizer, path), task
 
 
+CALIBRATION = "calibration.json"  # beside a trained model: validation examples that measure inference settings
+CALIBRATION_ROWS = 1000
+
+
+def calibration_sample(table) -> dict:
+    """Up to CALIBRATION_ROWS examples of a validation table (a seeded choice), as JSON: what inference measures a
+    faster precision's cost on (recipes/onnx_engine.py)."""
+    import random
+
+    n = len(table.rows)
+    keep = sorted(random.Random(0).sample(range(n), min(n, CALIBRATION_ROWS)))
+    fields = {}
+    for f in dataclasses.fields(table):
+        value = getattr(table, f.name)
+        fields[f.name] = [value[i] for i in keep] if isinstance(value, list) and len(value) == n else value
+    return {"rows": len(keep), "table": fields}
+
+
+def calibration_table(task, sample: dict):
+    """The validation examples of calibration_sample, as the task's Table again."""
+    return module(task.name).Table(**sample["table"])
+
+
 def headline(task, result: dict) -> str:
     return " ".join(f"{k}={result[k]:.4f}" for k in task.HEADLINE if k in result)

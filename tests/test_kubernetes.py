@@ -160,26 +160,6 @@ def test_cli_dryrun_needs_no_workspace_and_takes_the_image_from_torchxconfig():
 # --- named resources -----------------------------------------------------------------------------------
 
 
-def test_gke_named_resources_fit_their_machines_after_system_pods():
-    names = [n for n in gke.NAMED_RESOURCES if n.startswith("gke_")]
-    assert len(names) == 16 + 26
-    for name in names:
-        resource = named_resources[name]  # registered on the torchx.named_resources entry point
-        if gke.tpu_slice(resource):
-            tpu = gke.tpu_slice(resource)
-            machine = tpu.version.machines[tpu.chips_per_host]
-        else:
-            label, machines = gke.GKE_GPUS[name[len("gke_") : name.rindex("_")]]
-            machine = machines[resource.gpu]
-            assert resource.capabilities == {gke.GKE_ACCELERATOR: label}
-        vcpus, gib = gke.MACHINES[machine]
-        # GKE's kubelet reservation (plan-node-sizes), its eviction threshold, and 1 vCPU + 2 GiB for DaemonSets
-        assert resource.cpu <= vcpus - gke._reserved(vcpus, gke.CPU_RESERVED) - 1 and resource.cpu >= vcpus - 3
-        assert resource.memMB * 10**6 <= (gib - gke._reserved(gib, gke.MEMORY_RESERVED) - 0.1 - 2) * 2**30
-        assert resource.memMB * 10**6 >= 0.8 * gib * 2**30  # and not much less
-    assert (named_resources["gke_h100_80gb_8"].cpu, named_resources["gke_h100_80gb_8"].gpu) == (206, 8)
-
-
 @pytest.mark.parametrize(
     "name, hosts, accelerator, host_bounds, chips_bounds",
     [
@@ -202,17 +182,11 @@ def test_tpu_slices(name, hosts, accelerator, host_bounds, chips_bounds):
     assert gke.tpu_slice(named_resources["gke_l4_1"]) is None
 
 
-def test_gpus_without_a_named_resource_get_cpus_and_memory_per_gpu():
-    role = train("trainer.max_steps=1", gpu=8, output_dir="gs://b/r").roles[0]
-    assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (48, 8, 8 * 24 * 1024)
-    role = materialize_appdef(train, ["--gpu", "8", "--cpu", "10", "--memMB", "50000"]).roles[
-        0
-    ]  # as the CLI passes them
+def test_cpu_and_memory_flags_override_the_per_gpu_default():
+    role = materialize_appdef(train, ["--gpu", "8", "--cpu", "10", "--memMB", "50000"]).roles[0]  # as the CLI passes
     assert (role.resource.cpu, role.resource.memMB) == (10, 50000)
-    assert (
-        train(output_dir="gs://b/r").roles[0].resource.cpu,
-        train(output_dir="gs://b/r").roles[0].resource.memMB,
-    ) == (2, 8192)
+    resource = train(output_dir="gs://b/r").roles[0].resource
+    assert (resource.cpu, resource.memMB) == (2, 8192)
 
 
 # --- the manifests -------------------------------------------------------------------------------------
@@ -244,7 +218,7 @@ def test_train_on_a_gpu_pool():
         assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-a100-80gb"}
         assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         limits = container["resources"]["limits"]
-        assert (limits["cpu"], limits["memory"], limits["nvidia.com/gpu"]) == ("94000m", "1421569M", "8")
+        assert (limits["cpu"], limits["memory"], limits["nvidia.com/gpu"]) == ("94000m", "1398411M", "8")
         assert container["image"] == IMAGE and container["workingDir"] == "/app"
         args = shlex.split(container["command"][2])
         assert args[args.index("--rdzv_endpoint") + 1] == (
@@ -321,12 +295,12 @@ def test_batch_infer_on_a_gpu_pool_three_replicas_one_ray_cluster():
     for replica, spec in enumerate(pods(job)):
         (container,) = spec["containers"]
         assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-        assert container["resources"]["limits"] == {"cpu": "6000m", "memory": "28282M", "nvidia.com/gpu": "1"}
+        assert container["resources"]["limits"] == {"cpu": "2000m", "memory": "11646M", "nvidia.com/gpu": "1"}
         args = shlex.split(container["command"][2])
         assert args[:3] == ["python3", "-m", "launcher.job.ray_cluster"]
         assert [
             args[args.index(flag) + 1] for flag in ("--replica-id", "--nnodes", "--job-id", "--cpus", "--gpus")
-        ] == [str(replica), "3", name, "6", "1"]
+        ] == [str(replica), "3", name, "2", "1"]
         assert args[args.index("--") + 1 :] == [
             "python3",
             "run.py",

@@ -18,6 +18,7 @@ from torchx.specs.finder import ComponentValidationException
 
 from launcher.compose import compose
 from launcher.job.ports import DERIVED
+from launcher.submit.named_resources import gke_per_gpu
 from recipes.errors import RecipeError
 
 # Env keys that name secrets: *TOKEN*, *SECRET*, *PASS*, *AUTH*, *CREDENTIAL*, *PRIVATE*, *APIKEY*, *KEY, *PAT.
@@ -40,9 +41,9 @@ _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,34}[a-z0-9])?$")
 # that before the job waits for nodes (launcher/submit/kubernetes.py):
 # {"outputs": {argument: location}, "secret_env": [...]}
 NEEDS = "text_recipes"
-# --cpu and --memMB per GPU where not given: what every GKE GPU machine type leaves a pod (the smallest,
-# g2-standard-8 with one L4, has 8 vCPUs and 32 GiB); else 2 CPUs and 8 GiB
-PER_GPU = (6, 24 * 1024)
+# --cpu and --memMB per GPU where not given: what every GKE GPU machine type leaves a pod per GPU (the least is
+# g2-standard-4's, 4 vCPUs and 16 GiB with one L4: 2 CPUs, 11646 MB); else 2 CPUs and 8 GiB
+PER_GPU = gke_per_gpu()
 DEFAULT_SIZE = (2, 8192)
 
 

@@ -274,6 +274,56 @@ def test_train_on_a_two_host_tpu_slice():
         assert container["workingDir"] == "/app" and spec["serviceAccountName"] == "text-recipes"
 
 
+def slice_placement(job: dict) -> list:
+    """(labels, affinity) of each pod."""
+    return [(t["template"]["metadata"]["labels"], t["template"]["spec"].get("affinity")) for t in job["spec"]["tasks"]]
+
+
+def test_a_multi_host_tpu_job_takes_one_node_pool_that_no_other_slice_job_holds():
+    def job(name):
+        app = train(h="gke_tpu_v5p_2x2x2", nnodes=2, output_dir="gs://b/r", image=IMAGE, name=name)
+        return dryrun(app)
+
+    first, second = job("slice-a"), job("slice-b")
+    for manifest, other in ((first, second), (second, first)):
+        name = manifest["metadata"]["name"]
+        for labels, affinity in slice_placement(manifest):
+            assert labels[kubernetes.SLICE_LABEL] == name and labels[kubernetes.JOB_LABEL] == name
+            (together,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            (apart,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            assert together["topologyKey"] == apart["topologyKey"] == "cloud.google.com/gke-nodepool"
+            # the selectors, evaluated as the scheduler does on the labels of this job's and the other job's pods
+            for own_labels, _ in slice_placement(manifest):
+                assert selects(together["labelSelector"], own_labels) and not selects(
+                    apart["labelSelector"], own_labels
+                )
+            for other_labels, _ in slice_placement(other):
+                assert selects(apart["labelSelector"], other_labels) and not selects(
+                    together["labelSelector"], other_labels
+                )
+
+
+def test_single_host_slices_and_gpu_jobs_are_placed_by_their_selectors_alone():
+    for app in (
+        train(h="gke_tpu_v5e_2x2", output_dir="gs://b/r", image=IMAGE),
+        train(h="gke_h100_80gb_8", nnodes=2, output_dir="gs://b/r", image=IMAGE),
+    ):
+        for labels, affinity in slice_placement(dryrun(app)):
+            assert affinity is None and kubernetes.SLICE_LABEL not in labels
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes LabelSelector (matchLabels, matchExpressions with In, NotIn, Exists) against a pod's labels."""
+    ops = {
+        "In": lambda e: labels.get(e["key"]) in e["values"],
+        "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+        "Exists": lambda e: e["key"] in labels,
+    }
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and all(
+        ops[e["operator"]](e) for e in selector.get("matchExpressions", [])
+    )
+
+
 def test_batch_infer_on_a_gpu_pool_three_replicas_one_ray_cluster():
     app = batch_infer(
         "output_format=jsonl",

@@ -18,7 +18,8 @@ from torchx.specs.finder import ComponentValidationException
 
 from launcher.compose import compose
 from launcher.job.ports import DERIVED
-from launcher.submit.named_resources import gke_per_gpu
+from launcher.submit.named_resources import TPU, gke_per_gpu
+from recipes.devices import GIVEN_ENV
 from recipes.errors import RecipeError
 
 # Env keys that name secrets: *TOKEN*, *SECRET*, *PASS*, *AUTH*, *CREDENTIAL*, *PRIVATE*, *APIKEY*, *KEY, *PAT.
@@ -163,6 +164,15 @@ def port_map(name: str, port: int) -> Dict[str, int]:
     return {} if port == DERIVED else {name: port}
 
 
+def given_env(resource: specs.Resource) -> Dict[str, str]:
+    """What a replica was given, for the recipe to refuse accelerators it cannot use (recipes/devices.py)."""
+    if resource.gpu > 0:
+        return {GIVEN_ENV: f"gpu:{resource.gpu}"}
+    if resource.devices.get(TPU, 0) > 0:
+        return {GIVEN_ENV: f"tpu:{resource.devices[TPU]}"}
+    return {}
+
+
 def check_overrides(command: str, overrides: List[str]) -> DictConfig:
     """The Hydra overrides, composed and checked as `run.py` will, except what only the job's machine can tell."""
     try:
@@ -194,7 +204,7 @@ def recipe_app(
     resource = replica_resource(cpu, gpu, memMB, h)
     nproc_per_node = processes_per_node(nproc_per_node, resource, h)
     check_job(name, nnodes, nproc_per_node, cpu, gpu, memMB, {"rdzv_port": rdzv_port}, h, max_retries)
-    env = check_env(env)
+    env = {**check_env(env), **given_env(resource)}
     cfg = check_overrides(command, overrides)
     # evaluate writes next to its checkpoint unless given an output_dir
     arg, output = ("--output_dir", cfg.output_dir) if cfg.output_dir else ("--checkpoint", cfg.checkpoint)

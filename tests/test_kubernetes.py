@@ -102,7 +102,48 @@ def test_dockerfile_lints_and_its_workdir_is_the_pods():
     assert re.findall(r"^WORKDIR (\S+)$", dockerfile, re.M) == [kubernetes.WORKDIR]
     stages = re.findall(r"^FROM \S+ AS (\w+)$", dockerfile, re.M)
     assert stages == ["base", "tpu", "default"]  # `docker build .` builds the last: default
-    assert re.search(r'"torch==\$\{TORCH_XLA_VERSION\}" "torch_xla\[tpu\]==\$\{TORCH_XLA_VERSION\}"', dockerfile)
+    assert re.search(r'"torch==\$\{TORCH_XLA_VERSION\}" \\\n\s+"torch_xla\[tpu\]==\$\{TORCH_XLA_VERSION\}"', dockerfile)
+
+
+def requirement_names(requirements) -> set:
+    return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+
+@pytest.mark.parametrize("target, groups", [("default", ["gcs", "ray", "onnx"]), ("tpu", ["gcs"])])
+def test_each_image_installs_every_package_at_the_version_of_its_constraints(target, groups):
+    """Two builds a month apart get the same packages: everything but torch (and the CUDA libraries its wheel pins)
+    is pinned exactly, and each pip install that resolves dependencies reads the constraints."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (ROOT / "constraints" / f"{target}.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!-]+)", line).groups()
+            pins[name.lower().replace("_", "-")] = version
+    wanted = requirement_names(
+        project["dependencies"] + [r for g in groups for r in project["optional-dependencies"][g]]
+    )
+    assert wanted - {"torch"} <= set(pins), wanted - set(pins)
+    assert not {"torch", "triton"} & set(pins) and not any(p.startswith("nvidia-") for p in pins)
+    if target == "tpu":
+        assert pins["torch-xla"] == "2.9.0" and "libtpu" in pins
+    stage = (ROOT / "Dockerfile").read_text().split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
+    installs = [i for i in re.split(r"pip install", stage)[1:] if "-r /tmp/requirements" in i]
+    assert installs and all(f"-c constraints/{target}.txt" in i for i in installs)
+    assert all(f"-r /tmp/requirements-{g}.txt" in stage for g in ["project", *groups])
+
+
+def test_the_default_image_is_a_cuda_12_build_and_every_build_command_names_its_platform():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG TORCH_CUDA=cu12\d$", dockerfile, re.M)
+    assert '--index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}"' in dockerfile
+    builds = [
+        build
+        for text in ((ROOT / "README.md").read_text(), (ROOT / "docs/schedulers/kubernetes.md").read_text(), dockerfile)
+        for build in re.findall(r"docker build[^\n]*", text)
+    ]
+    assert len(builds) >= 5 and all("--platform linux/amd64" in b for b in builds), builds
 
 
 def test_dockerignore_keeps_what_the_pods_run():
@@ -113,6 +154,8 @@ def test_dockerignore_keeps_what_the_pods_run():
         "README.md",
         "conf/train.yaml",
         "data/support_tickets/train.csv",
+        "constraints/default.txt",
+        "constraints/tpu.txt",
         "launcher/submit/kubernetes.py",
         "recipes/train.py",
         "components/train.py",
@@ -505,3 +548,15 @@ def test_overlay_from_a_yaml_file(tmp_path):
         spec = overlaid(uri)
         assert spec["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}]
         assert spec["securityContext"] == {"fsGroup": 1000}
+
+
+def test_the_scheduler_config_of_the_quickstart_lets_the_autoscaler_scale_from_zero():
+    """No `enqueue` (PodGroups would stay Pending, pods uncreated, with no idle nodes), still gang scheduling; and the
+    quickstart applies this file."""
+    conf = yaml.safe_load((ROOT / "docs" / "schedulers" / "volcano-scheduler.conf").read_text())
+    actions = [a.strip() for a in conf["actions"].split(",")]
+    plugins = [p["name"] for tier in conf["tiers"] for p in tier["plugins"]]
+    assert "enqueue" not in actions and actions[0] == "allocate"
+    assert "gang" in plugins and "predicates" in plugins and "overcommit" not in plugins
+    guide = (ROOT / "docs" / "schedulers" / "kubernetes.md").read_text()
+    assert "--from-file=volcano-scheduler.conf=docs/schedulers/volcano-scheduler.conf" in guide

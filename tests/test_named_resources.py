@@ -9,6 +9,7 @@ from torchx.specs import named_resources
 from components.train import train
 from launcher.submit import named_resources as gke
 from launcher.submit.named_resources import NAMED_RESOURCES, SLURM_GPU_TYPE
+from tests.conftest import ROOT
 
 GiB = 1024  # MiB, as memMB and Slurm's --mem count
 
@@ -146,3 +147,12 @@ def test_gpus_without_a_named_resource_fit_the_smallest_gke_gpu_machine():
     resource = train(gpu=8, output_dir="gs://b/r").roles[0].resource
     assert (resource.cpu, resource.memMB) == (16, 8 * 11646)
     assert resource.cpu <= gke.gke_pod_size("g2-standard-96")[0]
+
+
+def test_the_guide_lists_each_gke_resource_with_its_machine_request_and_allocatable():
+    guide = (ROOT / "docs" / "schedulers" / "kubernetes.md").read_text()
+    for name in GKE:
+        resource, machine = named_resources[name], machine_of(name)
+        cpu, gib = gke.gke_allocatable(machine)
+        request = f"{resource.cpu - 0.1:.1f} / {(resource.memMB - 1024) * 1e6 / 2**30:.1f}"
+        assert f"| `{name}` | {machine} | " in guide and f"| {cpu:.2f} / {gib:.1f} | {request} |" in guide, name

@@ -1,8 +1,8 @@
 """torch_xla's PJRT TPU topology setup from the environment alone, vendored for tests where torch_xla cannot be
 installed (it pins torch 2.9; this project's tests run torch 2.13).
 
-From pytorch/xla torch_xla/_internal/tpu.py (commit 022ecde617a35b7f632e68ed37de9cb08ee3d47d, as the library
-tool stores it): build_tpu_env_from_vars, version, get_worker_ips and configure_topology, as they run with
+From pytorch/xla torch_xla/_internal/tpu.py at tag v2.9.0 (commit 5fab7053df86c8d503b98d9e7202ca8b8d4978c7):
+build_tpu_env_from_vars, version, get_worker_ips and configure_topology, as they run with
 TPU_SKIP_MDS_QUERY set (no metadata server), on a dict instead of os.environ; the env names are those of
 torch_xla/core/xla_env_vars.py. Only the v4-and-later branch is kept (v2/v3 take their bounds from a table).
 
@@ -35,7 +35,10 @@ def build_tpu_env_from_vars(env: Dict[str, str]) -> Dict[str, str]:
 
 
 def version(tpu_env: Dict[str, str]) -> int:
-    return int(re.match(r"^v(\d)([A-Za-z]?){7}-(\d+)$", tpu_env["ACCELERATOR_TYPE"]).groups()[0])
+    match = re.match(r"^(?:v|tpu)(\d)([A-Za-z]?){7}-(\d+)$", tpu_env["ACCELERATOR_TYPE"])
+    if not match:
+        raise EnvironmentError("Failed to parse TPU version from metadata")
+    return int(match.groups()[0])
 
 
 def get_worker_ips(env: Dict[str, str]) -> List[str]:
@@ -47,12 +50,14 @@ def configure_topology(env: Dict[str, str], local_rank: int, local_world_size: i
     if not env.get("TPU_SKIP_MDS_QUERY"):
         raise RuntimeError("TPU_SKIP_MDS_QUERY is unset: torch_xla would ask the TPU VM's metadata server")
     tpu_env = build_tpu_env_from_vars(env)
-    if version(tpu_env) < 4:
+    tpu_version = version(tpu_env)
+    if tpu_version < 4:
         raise NotImplementedError("v2/v3 bounds come from torch_xla's table, not vendored")
     bounds = _mesh(tpu_env["TPU_PROCESS_BOUNDS"])
     chips = _mesh(tpu_env["TPU_CHIPS_PER_PROCESS_BOUNDS"])
     env.setdefault("TPU_CHIPS_PER_PROCESS_BOUNDS", "1,1,1")
-    env.setdefault("TPU_PROCESS_BOUNDS", ",".join(str(b * c) for b, c in zip(bounds, chips)))
+    process_bounds = ",".join(str(b * c) for b, c in zip(bounds, chips))
+    env.setdefault("TPU_PROCESS_BOUNDS", process_bounds + (",2" if tpu_version == 7 else ""))
     worker_id = int(tpu_env["WORKER_ID"])
     env.setdefault("CLOUD_TPU_TASK_ID", str(worker_id * local_world_size + local_rank))
     ports = list(range(base_port, base_port + local_world_size))

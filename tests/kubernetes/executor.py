@@ -4,9 +4,9 @@ Each pod's container command and args run with exactly that pod's environment, a
 job plugins would give it, with nothing of the test's own environment:
 - the container's `env`: values, Secret references (secretKeyRef, from the test's secrets), the downward API
   (fieldRef: metadata.name, metadata.namespace, spec.nodeName, status.podIP);
-- what Volcano adds (volcano-sh/volcano pkg/controllers/job/plugins): the env plugin's VC_TASK_INDEX and
-  VK_TASK_INDEX, the svc plugin's VC_<TASK>_HOSTS (the task's pods as `<pod>.<job>`) and VC_<TASK>_NUM;
-  the pod's hostname is its name, its subdomain the job's;
+- what Volcano adds (volcano-sh/volcano v1.15.1 pkg/controllers/job/plugins/env and svc/svc.go): the env
+  plugin's VC_TASK_INDEX and VK_TASK_INDEX, the svc plugin's VC_<TASK>_HOSTS (the task's pods as `<pod>.<job>`)
+  and VC_<TASK>_NUM; the pod's hostname is its name, its subdomain the job's;
 - what every container gets: HOSTNAME, KUBERNETES_SERVICE_HOST/PORT, and the image's PATH and HOME.
 The working directory is the container's workingDir, with the image's WORKDIR (/app) mapped to this checkout.
 Each pod runs in a UTS namespace of its own whose hostname is the pod's name (unshare --uts, root), and

@@ -124,9 +124,9 @@ KERNEL_SHARE, KERNEL_GIB = 0.016, 0.25
 CPU_RESERVED = ((1, 0.06), (1, 0.01), (2, 0.005), (math.inf, 0.0025))  # (cores, share) tiers
 MEMORY_RESERVED = ((4, 0.25), (4, 0.20), (8, 0.10), (112, 0.06), (math.inf, 0.02))  # (GiB, share) tiers
 EVICTION_GIB = 100 / 1024
-# GKE's own DaemonSets on a GPU or TPU node ask together about 0.5 vCPU and 1 GiB (kube-proxy, fluentbit,
-# gke-metrics-agent, pdcsi-node, the GPU or TPU device plugin, gke-metadata-server for Workload Identity); twice that
-# leaves room for one more of the cluster's own (a log or metrics agent)
+# GKE's own DaemonSets on a GPU or TPU node (kube-proxy, fluentbit, gke-metrics-agent, pdcsi-node, the device
+# plugin, gke-metadata-server) request together roughly 0.5 vCPU and 1 GiB (not measured here); twice that leaves
+# room for one more of the cluster's own (a log or metrics agent)
 DAEMONSETS = (1.0, 2.0)  # vCPUs, GiB
 
 

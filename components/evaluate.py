@@ -41,9 +41,9 @@ def evaluate(
             or -h, else 1; at most that many GPUs, each process takes one)
         image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
             run the current directory
-        cpu: CPUs per replica (default: 2, or 6 per GPU)
+        cpu: CPUs per replica (default: 2 per GPU, at least 2)
         gpu: GPUs per replica
-        memMB: memory per replica in MB (default: 8192, or 24 GiB per GPU)
+        memMB: memory per replica in MB (default: 11646 per GPU, at least 8192)
         h: a registered named resource; takes precedence over cpu/gpu/memMB
         env: environment variables for the job (never secrets)
         max_retries: scheduler retries

@@ -54,10 +54,10 @@ def batch_infer(
         input: the rows to score: a file, glob or directory (.csv, .tsv, .jsonl, .parquet), local or gs://
         output: the output directory, local or gs:// (on kubernetes gs://)
         nnodes: replicas, one Ray node each
-        cpu: CPUs per replica, the Ray node's CPUs (default: 2, or 6 per GPU)
+        cpu: CPUs per replica, the Ray node's CPUs (default: 2 per GPU, at least 2)
         gpu: GPUs per replica (the Ray node's GPUs); with GPUs, one predictor actor per GPU
             (override gpus_per_actor to change that)
-        memMB: memory per replica in MB (default: 8192, or 24 GiB per GPU)
+        memMB: memory per replica in MB (default: 11646 per GPU, at least 8192)
         h: a registered named resource; takes precedence over cpu/gpu/memMB
         image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
             run the current directory

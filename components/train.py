@@ -42,9 +42,9 @@ def train(
             outputs/<model>-<data>, with -<n>procs for n > 1 processes); on kubernetes gs://
         image: container image (kubernetes: the Dockerfile's, default from .torchxconfig); local_cwd and slurm
             run the current directory
-        cpu: CPUs per replica (default: 2, or 6 per GPU)
+        cpu: CPUs per replica (default: 2 per GPU, at least 2)
         gpu: GPUs per replica
-        memMB: memory per replica in MB (default: 8192, or 24 GiB per GPU)
+        memMB: memory per replica in MB (default: 11646 per GPU, at least 8192)
         h: a registered named resource (e.g. a GPU or TPU host type); takes precedence over cpu/gpu/memMB
         env: environment variables for the job, e.g. HF_HUB_OFFLINE=1,TOKENIZERS_PARALLELISM=false
             (never secrets: they would be stored in the job definition)

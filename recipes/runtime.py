@@ -9,6 +9,7 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from recipes import devices
 from recipes.errors import RecipeError
 
 
@@ -66,15 +67,15 @@ class Runtime:
 
 
 def init_runtime(device: str = "auto", key: str = "device") -> Runtime:
-    """Reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE); gloo on CPU, nccl on CUDA."""
+    """Reads torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE); gloo on CPU, nccl on CUDA. A replica given GPUs
+    or TPUs that it cannot use stops here (recipes/devices.py)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "tpu":  # any XLA device: TPU, or CPU with PJRT_DEVICE=CPU
-        from recipes import xla
+    from recipes import xla
 
+    device = devices.resolve(device, key, xla.available())
+    if device == "tpu":  # any XLA device: TPU, or CPU with PJRT_DEVICE=CPU
         if not xla.available():
             raise RecipeError(
                 f"{key}=tpu: torch_xla is not installed "

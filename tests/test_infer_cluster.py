@@ -236,7 +236,7 @@ def test_slurm_dryrun_two_nodes(secret_in_env, tmp_path):
         assert (
             args[args.index("--head") + 1] == "${SLURM_JOB_NODELIST_HET_GROUP_0:=localhost}:0"
         )  # the task's shell fills it
-        assert (args[args.index("--gpus") + 1], args[args.index("--cpus") + 1]) == ("4", "24")  # 6 CPUs per GPU
+        assert (args[args.index("--gpus") + 1], args[args.index("--cpus") + 1]) == ("4", "8")  # 2 CPUs per GPU
         assert args[args.index("--") + 1 :] == [
             "python3",
             "run.py",

@@ -102,7 +102,48 @@ def test_dockerfile_lints_and_its_workdir_is_the_pods():
     assert re.findall(r"^WORKDIR (\S+)$", dockerfile, re.M) == [kubernetes.WORKDIR]
     stages = re.findall(r"^FROM \S+ AS (\w+)$", dockerfile, re.M)
     assert stages == ["base", "tpu", "default"]  # `docker build .` builds the last: default
-    assert re.search(r'"torch==\$\{TORCH_XLA_VERSION\}" "torch_xla\[tpu\]==\$\{TORCH_XLA_VERSION\}"', dockerfile)
+    assert re.search(r'"torch==\$\{TORCH_XLA_VERSION\}" \\\n\s+"torch_xla\[tpu\]==\$\{TORCH_XLA_VERSION\}"', dockerfile)
+
+
+def requirement_names(requirements) -> set:
+    return {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+
+@pytest.mark.parametrize("target, groups", [("default", ["gcs", "ray", "onnx"]), ("tpu", ["gcs"])])
+def test_each_image_installs_every_package_at_the_version_of_its_constraints(target, groups):
+    """Two builds a month apart get the same packages: everything but torch (and the CUDA libraries its wheel pins)
+    is pinned exactly, and each pip install that resolves dependencies reads the constraints."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (ROOT / "constraints" / f"{target}.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = re.fullmatch(r"([A-Za-z0-9._-]+)==([A-Za-z0-9.+!-]+)", line).groups()
+            pins[name.lower().replace("_", "-")] = version
+    wanted = requirement_names(
+        project["dependencies"] + [r for g in groups for r in project["optional-dependencies"][g]]
+    )
+    assert wanted - {"torch"} <= set(pins), wanted - set(pins)
+    assert not {"torch", "triton"} & set(pins) and not any(p.startswith("nvidia-") for p in pins)
+    if target == "tpu":
+        assert pins["torch-xla"] == "2.9.0" and "libtpu" in pins
+    stage = (ROOT / "Dockerfile").read_text().split(f" AS {target}\n", 1)[1].split("\nFROM ", 1)[0]
+    installs = [i for i in re.split(r"pip install", stage)[1:] if "-r /tmp/requirements" in i]
+    assert installs and all(f"-c constraints/{target}.txt" in i for i in installs)
+    assert all(f"-r /tmp/requirements-{g}.txt" in stage for g in ["project", *groups])
+
+
+def test_the_default_image_is_a_cuda_12_build_and_every_build_command_names_its_platform():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG TORCH_CUDA=cu12\d$", dockerfile, re.M)
+    assert '--index-url "https://download.pytorch.org/whl/${TORCH_CUDA}" "torch==${TORCH_VERSION}"' in dockerfile
+    builds = [
+        build
+        for text in ((ROOT / "README.md").read_text(), (ROOT / "docs/schedulers/kubernetes.md").read_text(), dockerfile)
+        for build in re.findall(r"docker build[^\n]*", text)
+    ]
+    assert len(builds) >= 5 and all("--platform linux/amd64" in b for b in builds), builds
 
 
 def test_dockerignore_keeps_what_the_pods_run():
@@ -113,6 +154,8 @@ def test_dockerignore_keeps_what_the_pods_run():
         "README.md",
         "conf/train.yaml",
         "data/support_tickets/train.csv",
+        "constraints/default.txt",
+        "constraints/tpu.txt",
         "launcher/submit/kubernetes.py",
         "recipes/train.py",
         "components/train.py",
@@ -160,26 +203,6 @@ def test_cli_dryrun_needs_no_workspace_and_takes_the_image_from_torchxconfig():
 # --- named resources -----------------------------------------------------------------------------------
 
 
-def test_gke_named_resources_fit_their_machines_after_system_pods():
-    names = [n for n in gke.NAMED_RESOURCES if n.startswith("gke_")]
-    assert len(names) == 16 + 26
-    for name in names:
-        resource = named_resources[name]  # registered on the torchx.named_resources entry point
-        if gke.tpu_slice(resource):
-            tpu = gke.tpu_slice(resource)
-            machine = tpu.version.machines[tpu.chips_per_host]
-        else:
-            label, machines = gke.GKE_GPUS[name[len("gke_") : name.rindex("_")]]
-            machine = machines[resource.gpu]
-            assert resource.capabilities == {gke.GKE_ACCELERATOR: label}
-        vcpus, gib = gke.MACHINES[machine]
-        # GKE's kubelet reservation (plan-node-sizes), its eviction threshold, and 1 vCPU + 2 GiB for DaemonSets
-        assert resource.cpu <= vcpus - gke._reserved(vcpus, gke.CPU_RESERVED) - 1 and resource.cpu >= vcpus - 3
-        assert resource.memMB * 10**6 <= (gib - gke._reserved(gib, gke.MEMORY_RESERVED) - 0.1 - 2) * 2**30
-        assert resource.memMB * 10**6 >= 0.8 * gib * 2**30  # and not much less
-    assert (named_resources["gke_h100_80gb_8"].cpu, named_resources["gke_h100_80gb_8"].gpu) == (206, 8)
-
-
 @pytest.mark.parametrize(
     "name, hosts, accelerator, host_bounds, chips_bounds",
     [
@@ -202,17 +225,11 @@ def test_tpu_slices(name, hosts, accelerator, host_bounds, chips_bounds):
     assert gke.tpu_slice(named_resources["gke_l4_1"]) is None
 
 
-def test_gpus_without_a_named_resource_get_cpus_and_memory_per_gpu():
-    role = train("trainer.max_steps=1", gpu=8, output_dir="gs://b/r").roles[0]
-    assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (48, 8, 8 * 24 * 1024)
-    role = materialize_appdef(train, ["--gpu", "8", "--cpu", "10", "--memMB", "50000"]).roles[
-        0
-    ]  # as the CLI passes them
+def test_cpu_and_memory_flags_override_the_per_gpu_default():
+    role = materialize_appdef(train, ["--gpu", "8", "--cpu", "10", "--memMB", "50000"]).roles[0]  # as the CLI passes
     assert (role.resource.cpu, role.resource.memMB) == (10, 50000)
-    assert (
-        train(output_dir="gs://b/r").roles[0].resource.cpu,
-        train(output_dir="gs://b/r").roles[0].resource.memMB,
-    ) == (2, 8192)
+    resource = train(output_dir="gs://b/r").roles[0].resource
+    assert (resource.cpu, resource.memMB) == (2, 8192)
 
 
 # --- the manifests -------------------------------------------------------------------------------------
@@ -244,7 +261,7 @@ def test_train_on_a_gpu_pool():
         assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-a100-80gb"}
         assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         limits = container["resources"]["limits"]
-        assert (limits["cpu"], limits["memory"], limits["nvidia.com/gpu"]) == ("94000m", "1421569M", "8")
+        assert (limits["cpu"], limits["memory"], limits["nvidia.com/gpu"]) == ("94000m", "1398411M", "8")
         assert container["image"] == IMAGE and container["workingDir"] == "/app"
         args = shlex.split(container["command"][2])
         assert args[args.index("--rdzv_endpoint") + 1] == (
@@ -300,6 +317,56 @@ def test_train_on_a_two_host_tpu_slice():
         assert container["workingDir"] == "/app" and spec["serviceAccountName"] == "text-recipes"
 
 
+def slice_placement(job: dict) -> list:
+    """(labels, affinity) of each pod."""
+    return [(t["template"]["metadata"]["labels"], t["template"]["spec"].get("affinity")) for t in job["spec"]["tasks"]]
+
+
+def test_a_multi_host_tpu_job_takes_one_node_pool_that_no_other_slice_job_holds():
+    def job(name):
+        app = train(h="gke_tpu_v5p_2x2x2", nnodes=2, output_dir="gs://b/r", image=IMAGE, name=name)
+        return dryrun(app)
+
+    first, second = job("slice-a"), job("slice-b")
+    for manifest, other in ((first, second), (second, first)):
+        name = manifest["metadata"]["name"]
+        for labels, affinity in slice_placement(manifest):
+            assert labels[kubernetes.SLICE_LABEL] == name and labels[kubernetes.JOB_LABEL] == name
+            (together,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            (apart,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            assert together["topologyKey"] == apart["topologyKey"] == "cloud.google.com/gke-nodepool"
+            # the selectors, evaluated as the scheduler does on the labels of this job's and the other job's pods
+            for own_labels, _ in slice_placement(manifest):
+                assert selects(together["labelSelector"], own_labels) and not selects(
+                    apart["labelSelector"], own_labels
+                )
+            for other_labels, _ in slice_placement(other):
+                assert selects(apart["labelSelector"], other_labels) and not selects(
+                    together["labelSelector"], other_labels
+                )
+
+
+def test_single_host_slices_and_gpu_jobs_are_placed_by_their_selectors_alone():
+    for app in (
+        train(h="gke_tpu_v5e_2x2", output_dir="gs://b/r", image=IMAGE),
+        train(h="gke_h100_80gb_8", nnodes=2, output_dir="gs://b/r", image=IMAGE),
+    ):
+        for labels, affinity in slice_placement(dryrun(app)):
+            assert affinity is None and kubernetes.SLICE_LABEL not in labels
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes LabelSelector (matchLabels, matchExpressions with In, NotIn, Exists) against a pod's labels."""
+    ops = {
+        "In": lambda e: labels.get(e["key"]) in e["values"],
+        "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+        "Exists": lambda e: e["key"] in labels,
+    }
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()) and all(
+        ops[e["operator"]](e) for e in selector.get("matchExpressions", [])
+    )
+
+
 def test_batch_infer_on_a_gpu_pool_three_replicas_one_ray_cluster():
     app = batch_infer(
         "output_format=jsonl",
@@ -321,12 +388,12 @@ def test_batch_infer_on_a_gpu_pool_three_replicas_one_ray_cluster():
     for replica, spec in enumerate(pods(job)):
         (container,) = spec["containers"]
         assert spec["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
-        assert container["resources"]["limits"] == {"cpu": "6000m", "memory": "28282M", "nvidia.com/gpu": "1"}
+        assert container["resources"]["limits"] == {"cpu": "2000m", "memory": "11646M", "nvidia.com/gpu": "1"}
         args = shlex.split(container["command"][2])
         assert args[:3] == ["python3", "-m", "launcher.job.ray_cluster"]
         assert [
             args[args.index(flag) + 1] for flag in ("--replica-id", "--nnodes", "--job-id", "--cpus", "--gpus")
-        ] == [str(replica), "3", name, "6", "1"]
+        ] == [str(replica), "3", name, "2", "1"]
         assert args[args.index("--") + 1 :] == [
             "python3",
             "run.py",
@@ -481,3 +548,15 @@ def test_overlay_from_a_yaml_file(tmp_path):
         spec = overlaid(uri)
         assert spec["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}]
         assert spec["securityContext"] == {"fsGroup": 1000}
+
+
+def test_the_scheduler_config_of_the_quickstart_lets_the_autoscaler_scale_from_zero():
+    """No `enqueue` (PodGroups would stay Pending, pods uncreated, with no idle nodes), still gang scheduling; and the
+    quickstart applies this file."""
+    conf = yaml.safe_load((ROOT / "docs" / "schedulers" / "volcano-scheduler.conf").read_text())
+    actions = [a.strip() for a in conf["actions"].split(",")]
+    plugins = [p["name"] for tier in conf["tiers"] for p in tier["plugins"]]
+    assert "enqueue" not in actions and actions[0] == "allocate"
+    assert "gang" in plugins and "predicates" in plugins and "overcommit" not in plugins
+    guide = (ROOT / "docs" / "schedulers" / "kubernetes.md").read_text()
+    assert "--from-file=volcano-scheduler.conf=docs/schedulers/volcano-scheduler.conf" in guide

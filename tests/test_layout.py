@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 # lower layers first; a module may import its own layer and those before it
 LAYERS = [
     {"errors", "lazy", "config", "storage", "blocks", "plots", "stopping"},
-    {"data", "model", "runtime", "xla", "checkpoint", "predict", "infer_input", "infer_output"},
+    {"data", "model", "runtime", "devices", "xla", "checkpoint", "predict", "infer_input", "infer_output"},
     {"tasks"},
     {"train", "evaluate", "infer", "infer_predict", "infer_pipeline", "onnx_engine"},
 ]

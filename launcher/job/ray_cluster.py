@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from launcher.job.ports import DERIVED, job_port
+from recipes.devices import check_gpus
+from recipes.errors import RecipeError
 
 SECRET_ENV = "TEXT_RECIPES_RAY_SECRET"
 SECRET_FILE = Path.home() / ".config" / "text-recipes" / "ray-secret"
@@ -371,11 +373,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tr-ray-"))  # short: Ray's unix sockets live under it
     keep_logs = False
     try:
+        if args.gpus:  # a replica given GPUs that torch cannot use stops before Ray starts (recipes/devices.py)
+            check_gpus(args.gpus, str(args.gpus), "--gpus")
         use_token(replica_token(args.nnodes, args.job_id), workdir)
         code = run_head(args, command, workdir) if args.replica_id == 0 else run_worker(args, workdir)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         code, keep_logs = 1, True
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
     except Terminated as t:
         code = 128 + t.signum
     finally:

@@ -18,6 +18,8 @@ from torchx.specs.finder import ComponentValidationException
 
 from launcher.compose import compose
 from launcher.job.ports import DERIVED
+from launcher.submit.named_resources import TPU, gke_per_gpu
+from recipes.devices import GIVEN_ENV
 from recipes.errors import RecipeError
 
 # Env keys that name secrets: *TOKEN*, *SECRET*, *PASS*, *AUTH*, *CREDENTIAL*, *PRIVATE*, *APIKEY*, *KEY, *PAT.
@@ -40,9 +42,9 @@ _NAME = re.compile(r"^[a-z]([a-z0-9-]{0,34}[a-z0-9])?$")
 # that before the job waits for nodes (launcher/submit/kubernetes.py):
 # {"outputs": {argument: location}, "secret_env": [...]}
 NEEDS = "text_recipes"
-# --cpu and --memMB per GPU where not given: what every GKE GPU machine type leaves a pod (the smallest,
-# g2-standard-8 with one L4, has 8 vCPUs and 32 GiB); else 2 CPUs and 8 GiB
-PER_GPU = (6, 24 * 1024)
+# --cpu and --memMB per GPU where not given: what every GKE GPU machine type leaves a pod per GPU (the least is
+# g2-standard-4's, 4 vCPUs and 16 GiB with one L4: 2 CPUs, 11646 MB); else 2 CPUs and 8 GiB
+PER_GPU = gke_per_gpu()
 DEFAULT_SIZE = (2, 8192)
 
 
@@ -162,6 +164,15 @@ def port_map(name: str, port: int) -> Dict[str, int]:
     return {} if port == DERIVED else {name: port}
 
 
+def given_env(resource: specs.Resource) -> Dict[str, str]:
+    """What a replica was given, for the recipe to refuse accelerators it cannot use (recipes/devices.py)."""
+    if resource.gpu > 0:
+        return {GIVEN_ENV: f"gpu:{resource.gpu}"}
+    if resource.devices.get(TPU, 0) > 0:
+        return {GIVEN_ENV: f"tpu:{resource.devices[TPU]}"}
+    return {}
+
+
 def check_overrides(command: str, overrides: List[str]) -> DictConfig:
     """The Hydra overrides, composed and checked as `run.py` will, except what only the job's machine can tell."""
     try:
@@ -193,7 +204,7 @@ def recipe_app(
     resource = replica_resource(cpu, gpu, memMB, h)
     nproc_per_node = processes_per_node(nproc_per_node, resource, h)
     check_job(name, nnodes, nproc_per_node, cpu, gpu, memMB, {"rdzv_port": rdzv_port}, h, max_retries)
-    env = check_env(env)
+    env = {**check_env(env), **given_env(resource)}
     cfg = check_overrides(command, overrides)
     # evaluate writes next to its checkpoint unless given an output_dir
     arg, output = ("--output_dir", cfg.output_dir) if cfg.output_dir else ("--checkpoint", cfg.checkpoint)

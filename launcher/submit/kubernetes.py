@@ -10,6 +10,8 @@ It submits the Volcano job that torchx 0.7.0 builds, with what a real cluster ne
   the taints GKE puts on those nodes;
 - TPU slices: one pod per host, each told the slice's shape, its worker id and every host's name, which
   libtpu and torch_xla read from the environment (GKE injects the last two only into Indexed Jobs);
+- one slice per job: the pods of a multi-host TPU job must share a node pool (GKE makes each multi-host slice a
+  node pool of its own) that no other slice job holds, so a job never spans two slices of the same type;
 - gang scheduling: Volcano starts the job's pods all together or not at all (minAvailable);
 - Workload Identity and secrets: `-cfg service_account=KSA`, `-cfg secret_env=ENV:SECRET/KEY;...` (the job
   names secrets, never holds their values);
@@ -43,6 +45,9 @@ RANDOM_ID = 14  # the longest suffix torchx's make_unique adds: a 64-bit number 
 GPU = "nvidia.com/gpu"
 TOLERATED = (GPU, TPU)  # GKE taints the nodes that have these with the resource's name
 LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+NODE_POOL = "cloud.google.com/gke-nodepool"
+JOB_LABEL = "app.kubernetes.io/instance"  # torchx's label of the job name on every pod
+SLICE_LABEL = "text-recipes/tpu-slice-job"  # on the pods of multi-host TPU jobs: the job name
 OVERLAY_FORMAT_KEY = "__torchx_overlays__"  # torchx.specs.overlays.set_overlay's mark of {kind: overlay}
 
 
@@ -114,6 +119,37 @@ def with_tpu_env(role: Role) -> Role:
         "TPU_WORKER_HOSTNAMES": ",".join(hosts),
     }
     return replace(role, env={**env, **role.env})
+
+
+def slice_overlay(role: Role, job: str) -> Dict[str, Any]:
+    """The pods of a multi-host TPU job on the hosts of one slice: the node pool of the job's other pods (the first
+    pod matches its own term, which Kubernetes accepts), none that another slice job's pods are on."""
+    tpu = tpu_slice(role.resource)
+    if tpu is None or tpu.hosts == 1:
+        return {}
+    others = {
+        "matchExpressions": [
+            {"key": SLICE_LABEL, "operator": "Exists"},
+            {"key": JOB_LABEL, "operator": "NotIn", "values": [job]},
+        ]
+    }
+    return {
+        "metadata": {"labels": {SLICE_LABEL: job}},
+        "spec": {
+            "affinity": {
+                "podAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": {"matchLabels": {SLICE_LABEL: job}}, "topologyKey": NODE_POOL}
+                    ]
+                },
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [
+                        {"labelSelector": others, "topologyKey": NODE_POOL}
+                    ]
+                },
+            }
+        },
+    }
 
 
 def job_name(app: AppDef) -> str:
@@ -193,6 +229,7 @@ class KubernetesScheduler(Scheduler[Dict[str, Any]]):
             container["workingDir"] = cfg["workdir"]
             container["env"] = container.get("env", []) + refs
             apply_overlay(pod, resource_overlay(role))
+            apply_overlay(pod, slice_overlay(role, resource["metadata"]["name"]))
             apply_overlay(pod, role_overlay(role))
             check_needs(role, pod, cfg["workdir"])
             task["template"] = pod

@@ -22,8 +22,12 @@ differ, `-cfg gpu_type=TYPE` (the slurm scheduler's option) overrides the resour
 
 GKE nodes: `gke_<gpu>_<n>` is n GPUs (L4, A100 40/80 GB, H100) of the smallest machine type that has
 them, and `gke_tpu_<version>_<topology>` one host of a TPU slice (all its chips); a slice of several
-hosts runs one replica per host (`--nnodes` = `tpu_slice(resource).hosts`). Their capabilities are
-the node labels GKE puts on such nodes, which launcher/submit/kubernetes.py turns into nodeSelectors.
+hosts runs one replica per host (`--nnodes` = `tpu_slice(resource).hosts`). Each asks for the whole node:
+what GKE leaves allocatable on that machine type (gke_allocatable) less a budget for the node's
+DaemonSets. A pod with all of a node's GPUs or TPUs has the node to itself anyway, so CPUs and memory
+it did not ask for would sit idle; sized for the smallest machine type with those accelerators, it also
+fits the larger ones (gke_l4_1: g2-standard-4, also g2-standard-8 to -32). Their capabilities are the
+node labels GKE puts on such nodes, which launcher/submit/kubernetes.py turns into nodeSelectors.
 """
 
 import math
@@ -49,9 +53,10 @@ GKE_TPU_ACCELERATOR = "cloud.google.com/gke-tpu-accelerator"
 GKE_TPU_TOPOLOGY = "cloud.google.com/gke-tpu-topology"
 TPU = "google.com/tpu"  # the TPU chips of a node, as GKE's device plugin names them
 
-# machine type: (vCPUs, memory in GiB), as Compute Engine defines them
+# machine type: (vCPUs, memory in GiB), as Compute Engine's machine-family pages list them (accelerator-optimized:
+# G2, A2, A3; TPU: the "Plan TPUs in GKE" machine types). GKE turns them into allocatable below (gke_allocatable).
 MACHINES = {
-    "g2-standard-8": (8, 32),
+    "g2-standard-4": (4, 16),
     "g2-standard-24": (24, 96),
     "g2-standard-48": (48, 192),
     "g2-standard-96": (96, 384),
@@ -79,7 +84,7 @@ MACHINES = {
 
 # name: (GKE accelerator label, machine type per GPU count)
 GKE_GPUS = {
-    "l4": ("nvidia-l4", {1: "g2-standard-8", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"}),
+    "l4": ("nvidia-l4", {1: "g2-standard-4", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"}),
     "a100_40gb": ("nvidia-tesla-a100", {n: f"a2-highgpu-{n}g" for n in (1, 2, 4, 8)}),
     "a100_80gb": ("nvidia-a100-80gb", {n: f"a2-ultragpu-{n}g" for n in (1, 2, 4, 8)}),
     "h100_80gb": ("nvidia-h100-80gb", {n: f"a3-highgpu-{n}g" for n in (1, 2, 4, 8)}),
@@ -111,13 +116,18 @@ TPU_SLICES = {
 }
 CHIPS_PER_HOST_BOUNDS = {1: (1, 1, 1), 4: (2, 2, 1), 8: (2, 4, 1)}
 
-# A pod may use what the kubelet leaves allocatable (GKE's reservation below) less what the node's
-# DaemonSets take (logging, metrics, kube-proxy, the GPU/TPU device plugin, the Workload Identity
-# metadata server: well under 1 vCPU and 2 GiB). Limits this size also fit; torchx requests less.
-DAEMONSETS = (1.0, 2.0)  # vCPUs, GiB
+# What a pod may ask of a GKE node (plan-node-sizes, "Memory and CPU reservations"): the kubelet's capacity less
+# GKE's reservation tiers and the 100 MiB eviction threshold, less what the node's DaemonSets ask. The capacity of
+# memory is the kernel's MemTotal, not the machine's nominal memory: the kernel keeps its page tables and image,
+# about 1.6 % (KERNEL_SHARE) plus, on small machines, the crash kernel (KERNEL_GIB).
+KERNEL_SHARE, KERNEL_GIB = 0.016, 0.25
 CPU_RESERVED = ((1, 0.06), (1, 0.01), (2, 0.005), (math.inf, 0.0025))  # (cores, share) tiers
 MEMORY_RESERVED = ((4, 0.25), (4, 0.20), (8, 0.10), (112, 0.06), (math.inf, 0.02))  # (GiB, share) tiers
-EVICTION_GIB = 0.1
+EVICTION_GIB = 100 / 1024
+# GKE's own DaemonSets on a GPU or TPU node (kube-proxy, fluentbit, gke-metrics-agent, pdcsi-node, the device
+# plugin, gke-metadata-server) request together roughly 0.5 vCPU and 1 GiB (not measured here); twice that leaves
+# room for one more of the cluster's own (a log or metrics agent)
+DAEMONSETS = (1.0, 2.0)  # vCPUs, GiB
 
 
 def _reserved(amount: float, tiers) -> float:
@@ -128,12 +138,25 @@ def _reserved(amount: float, tiers) -> float:
     return reserved
 
 
-def gke_pod_size(machine: str) -> Tuple[int, int]:
-    """(cpu, memMB) of a pod that takes a whole node of this machine type."""
+def gke_allocatable(machine: str) -> Tuple[float, float]:
+    """(vCPUs, GiB) that the kubelet of a GKE node of this machine type leaves allocatable to pods."""
     vcpus, gib = MACHINES[machine]
-    cpu = vcpus - _reserved(vcpus, CPU_RESERVED) - DAEMONSETS[0]
-    memory = gib - _reserved(gib, MEMORY_RESERVED) - EVICTION_GIB - DAEMONSETS[1]
-    return int(cpu), int(memory * 2**30 / 10**6)  # torchx writes memMB as Kubernetes "M" (10^6 bytes)
+    memory = gib * (1 - KERNEL_SHARE) - KERNEL_GIB
+    return vcpus - _reserved(vcpus, CPU_RESERVED), memory - _reserved(memory, MEMORY_RESERVED) - EVICTION_GIB
+
+
+def gke_pod_size(machine: str) -> Tuple[int, int]:
+    """(cpu, memMB) of a pod that takes a whole node of this machine type, its DaemonSets' budget left over.
+
+    memMB is what torchx writes as the pod's memory limit, in Kubernetes "M" (10^6 bytes); it requests 1024 M less."""
+    cpu, gib = gke_allocatable(machine)
+    return math.floor(cpu - DAEMONSETS[0]), math.floor((gib - DAEMONSETS[1]) * 2**30 / 10**6)
+
+
+def gke_per_gpu() -> Tuple[int, int]:
+    """(cpu, memMB) per GPU that a pod of n GPUs may ask on every GKE GPU machine type with n GPUs."""
+    sizes = [(gke_pod_size(m), n) for _, machines in GKE_GPUS.values() for n, m in machines.items()]
+    return min(cpu // n for (cpu, _), n in sizes), min(mem // n for (_, mem), n in sizes)
 
 
 def _slurm_gpu_node(gpu_type: str, gpus: int) -> Callable[[], Resource]:

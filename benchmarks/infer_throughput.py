@@ -119,7 +119,7 @@ def loop(model_dir: str, titles, abstracts, precision: str, engine: str):
 
     torch.set_num_threads(os.cpu_count())
     cpu = torch.device("cpu")
-    key = onnx_engine.prepare(model_dir, model_dir, "multi_label", precision) if engine == "onnx" else None
+    key = onnx_engine.prepare(model_dir, model_dir, "multi_label", precision)[0] if engine == "onnx" else None
     model, tokenizer, _ = load_for_inference(model_dir, precision, cpu, engine, key, os.cpu_count())
     dtype = DTYPES[precision]
     predict_logits(model, [np.arange(1, 64)] * 4, [np.zeros(63, np.int64)] * 4, 4, 0, cpu, dtype)  # warm-up

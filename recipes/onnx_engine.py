@@ -8,8 +8,14 @@ the check runs batch sizes and lengths other than the traced ones, so such an ex
 Cache: <model_dir>/onnx/<key>/, key = sha256 of the model's files and of the torch, onnxscript and onnxruntime
 versions (a retrained model or another exporter is another export). It holds model.onnx (fp32), model.int8.onnx
 (ORT dynamic quantization, int8 weights per output channel) and export.json, written last (a directory without it
-is an interrupted export, done again): the versions, each file's sha256 and the check's max |logit difference|
-per precision. A file whose sha256 is not export.json's is refused, never used or silently rebuilt.
+is an interrupted export, done again): the versions, each file's sha256, the check's figures per precision, and
+the calibration: the task metric at fp32 and int8 on the validation examples saved with the model at training,
+which decides what precision=auto runs. A file whose sha256 is not export.json's is refused, never used or
+silently rebuilt.
+
+Measured (docs/benchmarks.md): ORT's fp32 runs MiniLM at torch's rate on CPU (both near the core's fp32 peak in
+the GEMMs; fusing attention, LayerNorm and GELU with onnxscript's ORT rewrites or ORT's transformers optimizer
+changed nothing), so the gain is int8: as fast as torch's dynamic quantization and nearer fp32.
 """
 
 import fcntl
@@ -127,7 +133,7 @@ def _export(model, directory: Path) -> None:
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.WARNING)  # the quantizer logs each tensor it leaves alone to the root logger
+    root.setLevel(logging.ERROR)  # the quantizer logs each tensor it leaves alone, and advice, to the root logger
     try:
         quantize_dynamic(
             str(directory / FILES["fp32"]),
@@ -246,8 +252,14 @@ def prepare(local_model: str, model_dir: str, task_name: str, precision: str) ->
             _export_checked(local, local_model, model_dir, where, task_name)
     manifest = _verified(local, where)
     if precision == "auto":
-        precision = "int8" if (manifest.get("calibration") or {}).get("int8_keeps_quality") else "fp32"
-        log.info("onnx: precision=auto runs %s (calibration: %s)", precision, manifest.get("calibration"))
+        keeps = (manifest.get("calibration") or {}).get("int8_keeps_quality")
+        precision = "int8" if keeps and not int8_may_saturate() else "fp32"
+        log.info(
+            "onnx: precision=auto runs %s (calibration: %s%s)",
+            precision,
+            manifest.get("calibration"),
+            "; no VNNI on this x86 CPU: ORT's int8 kernels can saturate" if keeps and precision == "fp32" else "",
+        )
     check = manifest["check"][precision]
     if not check["ok"]:
         raise RecipeError(
@@ -256,6 +268,20 @@ def prepare(local_model: str, model_dir: str, task_name: str, precision: str) ->
         )
     log.info("onnx: export %s of %s, checked against torch: %s", key, model_dir, manifest["check"])
     return key, precision
+
+
+def int8_may_saturate() -> bool:
+    """An x86 CPU without VNNI: ONNX Runtime's int8 x int8 kernels there (VPMADDUBSW) can saturate (its quantization
+    docs), so int8 measured on a VNNI machine would not be the int8 run here."""
+    import platform
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return True
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
 def _export_checked(local: Path, local_model: str, model_dir: str, where: str, task_name: str) -> None:

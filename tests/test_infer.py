@@ -449,3 +449,22 @@ def test_task_options_of_a_trained_model():
     # saved before the task config was: the task's defaults (conf/task/multi_label.yaml)
     legacy = BertConfig(id2label=labels, problem_type="multi_label_classification")
     assert tasks.of_model(legacy, "m").cfg.top_k == 3
+
+
+def test_without_onnxruntime_auto_runs_torch_and_onnx_says_why(models, monkeypatch):
+    import torch
+    from transformers import AutoConfig
+
+    from recipes import onnx_engine, tasks
+    from recipes.errors import RecipeError
+    from recipes.infer_predict import resolve_engine
+
+    task = tasks.of_model(AutoConfig.from_pretrained(models["single"]), "m")
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("auto", task, cpu, "auto", "m") == ("onnx" if onnx_engine.available() else "torch")
+    assert resolve_engine("auto", task, gpu, "auto", "m") == "torch"
+    assert resolve_engine("auto", task, cpu, "bf16", "m") == "torch"
+    monkeypatch.setattr(onnx_engine, "available", lambda: False)
+    assert resolve_engine("auto", task, cpu, "auto", "m") == "torch"
+    with pytest.raises(RecipeError, match=r"^engine=onnx: onnxruntime is not installed \(pip install '\.\[onnx\]'\)"):
+        resolve_engine("onnx", task, cpu, "fp32", "m")

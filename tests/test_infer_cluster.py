@@ -518,6 +518,7 @@ def test_two_replica_local_cwd_job_predicts_every_row_once(train_args, tmp_path)
             "--",
             "block_rows=32",
             "batch_size=16",
+            "precision=fp32",  # compared with torch's fp32 below, whatever auto would pick
         ],
         cwd=ROOT,
         env={**os.environ, ray_cluster.SECRET_ENV: SECRET},

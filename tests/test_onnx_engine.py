@@ -142,17 +142,23 @@ def test_precision_auto_runs_int8_only_where_the_models_validation_examples_say_
     model = tmp_path / "run" / "model"
     sample = json.loads((model / "calibration.json").read_text())
     assert sample["rows"] == len(sample["table"]["texts"]) == len(pd.read_csv(train_args_validation(train_args)))
-    strict = tmp_path / "strict-model"
-    shutil.copytree(model, strict)
+    copies = [tmp_path / f"model-{i}" for i in range(2)]
+    for copy in copies:
+        shutil.copytree(model, copy)
 
+    # the tiny validation split is below INT8_MIN_ROWS: too few to show int8 within 0.005, so fp32
     key, precision = onnx_engine.prepare(str(model), str(model), "single_label", "auto")
     calibration = json.loads((export_dir(str(model), key) / "export.json").read_text())["calibration"]
-    assert calibration["rows"] == sample["rows"] and calibration["metric"] == "accuracy"
+    assert calibration["rows"] == sample["rows"] < onnx_engine.INT8_MIN_ROWS and calibration["metric"] == "accuracy"
+    assert not calibration["int8_keeps_quality"] and precision == "fp32"
+
+    monkeypatch.setattr(onnx_engine, "INT8_MIN_ROWS", 1)  # then the metric decides
+    key, precision = onnx_engine.prepare(str(copies[0]), str(copies[0]), "single_label", "auto")
+    calibration = json.loads((export_dir(str(copies[0]), key) / "export.json").read_text())["calibration"]
     assert calibration["int8_keeps_quality"] == (calibration["int8"] >= calibration["fp32"] - 0.005)
     assert precision == ("int8" if calibration["int8_keeps_quality"] else "fp32")
-
     monkeypatch.setattr(onnx_engine, "INT8_MAX_LOSS", -1.0)  # no int8 can be 1.0 above fp32
-    assert onnx_engine.prepare(str(strict), str(strict), "single_label", "auto")[1] == "fp32"
+    assert onnx_engine.prepare(str(copies[1]), str(copies[1]), "single_label", "auto")[1] == "fp32"
 
 
 def train_args_validation(train_args) -> str:

@@ -63,10 +63,8 @@ def load(model_dir: str, cfg, rt: Runtime):
 
         task = tasks.of_model(AutoConfig.from_pretrained(local), f"checkpoint={model_dir}")
         resolve_engine("onnx", task, rt.device, cfg.precision, f"checkpoint={model_dir}")
-        if rt.is_main:
-            onnx_engine.prepare(local, model_dir, task.name, cfg.precision)  # and its checks
-        rt.barrier()
-        key = onnx_engine.cache_key(local)
+        # rank 0 exports where the cache has none; every rank then takes its key
+        key = rt.gather(onnx_engine.prepare(local, model_dir, task.name, cfg.precision)[0] if rt.is_main else None)[0]
     return load_for_inference(local, cfg.precision, rt.device, cfg.engine, key, torch.get_num_threads())
 
 

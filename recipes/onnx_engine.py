@@ -73,8 +73,8 @@ def versions() -> Dict[str, str]:
     return {"torch": torch.__version__, "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def cache_key(local_model: str) -> str:
-    spec = json.dumps({"model": storage.model_sha256(local_model), **versions()}, sort_keys=True)
+def cache_key(model_sha256: str) -> str:
+    spec = json.dumps({"model": model_sha256, **versions()}, sort_keys=True)
     return hashlib.sha256(spec.encode()).hexdigest()[:16]
 
 
@@ -240,7 +240,8 @@ def prepare(local_model: str, model_dir: str, task_name: str, precision: str) ->
     process at a time per cache (the others then find it complete). precision auto: int8 where the export's
     calibration says it keeps the model's quality, else fp32. An int8 export that failed its check is refused here
     (fp32 stays usable)."""
-    key = cache_key(local_model)
+    model_sha256 = storage.model_sha256(local_model)
+    key = cache_key(model_sha256)
     local = Path(local_model) / CACHE_DIR / key
     where = storage.join(model_dir, CACHE_DIR, key)
     try:
@@ -254,7 +255,7 @@ def prepare(local_model: str, model_dir: str, task_name: str, precision: str) ->
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (local / MANIFEST).is_file():
-            _export_checked(local, local_model, model_dir, where, task_name)
+            _export_checked(local, local_model, model_sha256, model_dir, where, task_name)
     manifest = _verified(local, where)
     if precision == "auto":
         keeps = (manifest.get("calibration") or {}).get("int8_keeps_quality")
@@ -289,7 +290,9 @@ def int8_may_saturate() -> bool:
     return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
 
 
-def _export_checked(local: Path, local_model: str, model_dir: str, where: str, task_name: str) -> None:
+def _export_checked(
+    local: Path, local_model: str, model_sha256: str, model_dir: str, where: str, task_name: str
+) -> None:
     from recipes import tasks
     from recipes.model import attn_implementation
 
@@ -308,7 +311,7 @@ def _export_checked(local: Path, local_model: str, model_dir: str, where: str, t
         calibration = _calibrate(model, local_model, tmp)
         manifest = {
             "calibration": calibration,
-            "model_sha256": storage.model_sha256(local_model),
+            "model_sha256": model_sha256,
             "versions": versions(),
             "sha256": {name: storage.file_sha256(str(tmp / name)) for name in FILES.values()},
             "check": checks,
